@@ -1,0 +1,1 @@
+"""The demo provider: a simulated model served over real HTTP."""

@@ -1,0 +1,81 @@
+"""Anthropic Messages streaming (`POST {url}/messages` with `stream: true`)."""
+
+import json
+from collections.abc import Iterable, Iterator
+
+from sseclient import SSEClient
+
+from app.providers.base import Delta, Message, ProviderCall, ProviderStreamError, Usage
+
+API_VERSION = "2023-06-01"
+MAX_TOKENS = 4096
+
+
+class AnthropicProvider:
+    """Speaks the Messages API; system turns become its top-level `system` field."""
+
+    name = "anthropic"
+
+    def __init__(self, url: str, api_key: str, model: str):
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.model = model
+
+    def build_call(self, messages: list[Message]) -> ProviderCall:
+        """The streaming request with the key in `x-api-key`."""
+        headers = {"anthropic-version": API_VERSION, "Accept": "text/event-stream"}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        body: dict = {
+            "model": self.model,
+            "max_tokens": MAX_TOKENS,
+            "stream": True,
+            "messages": [
+                {"role": m.role, "content": m.content} for m in messages if m.role != "system"
+            ],
+        }
+        system = "\n\n".join(m.content for m in messages if m.role == "system")
+        if system:
+            body["system"] = system
+        return ProviderCall(f"{self.url}/messages", body, headers)
+
+    def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
+        """Deltas from the typed events; `message_stop` ends the answer."""
+        prompt_tokens = completion_tokens = 0
+        for event in SSEClient(chunks).events():
+            data = _json(event.data)
+            kind = data.get("type") or event.event
+            if kind == "message_start":
+                usage = (data.get("message") or {}).get("usage") or {}
+                prompt_tokens = _count(usage, "input_tokens", prompt_tokens)
+            elif kind == "content_block_delta":
+                text = (data.get("delta") or {}).get("text")
+                if isinstance(text, str) and text:
+                    yield Delta(text=text)
+            elif kind == "message_delta":
+                completion_tokens = _count(data.get("usage") or {}, "output_tokens", 0)
+                yield Delta(usage=Usage(prompt_tokens, completion_tokens))
+            elif kind == "message_stop":
+                yield Delta(finished=True)
+                return
+            elif kind == "error":
+                error = data.get("error") or {}
+                raise ProviderStreamError(str(error.get("message") or error or "error event"))
+            # ping, content_block_start/stop and future event types carry no text.
+
+
+def _count(usage: dict, key: str, default: int) -> int:
+    try:
+        return int(usage.get(key, default))
+    except (TypeError, ValueError) as exc:
+        raise ProviderStreamError(f"unexpected usage shape: {usage!r:.120}") from exc
+
+
+def _json(data: str) -> dict:
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise ProviderStreamError(f"malformed stream line: {data[:120]!r}") from exc
+    if not isinstance(parsed, dict):
+        raise ProviderStreamError(f"malformed stream line: {data[:120]!r}")
+    return parsed

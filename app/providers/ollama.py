@@ -1,0 +1,69 @@
+"""Ollama's native chat API (`POST {url}/api/chat`), which streams NDJSON lines."""
+
+import json
+from collections.abc import Iterable, Iterator
+
+from app.providers.base import Delta, Message, ProviderCall, ProviderStreamError, Usage
+
+
+class OllamaProvider:
+    """Speaks `/api/chat`; the final line (`done: true`) carries the token counts."""
+
+    name = "ollama"
+
+    def __init__(self, url: str, api_key: str, model: str):
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.model = model
+
+    def build_call(self, messages: list[Message]) -> ProviderCall:
+        """The streaming request; a key, if set, goes as a bearer token (for proxies)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+        }
+        return ProviderCall(f"{self.url}/api/chat", body, headers)
+
+    def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
+        """Deltas from each complete line; the `done` line ends the answer."""
+        for line in _lines(chunks):
+            data = _json(line)
+            if "error" in data:
+                raise ProviderStreamError(str(data["error"]))
+            text = (data.get("message") or {}).get("content")
+            if isinstance(text, str) and text:
+                yield Delta(text=text)
+            if data.get("done"):
+                yield Delta(usage=_usage(data))
+                yield Delta(finished=True)
+                return
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Whole non-empty lines, however the chunks split them."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from (line for line in complete if line.strip())
+    if pending.strip():
+        yield pending
+
+
+def _usage(data: dict) -> Usage:
+    try:
+        return Usage(int(data.get("prompt_eval_count", 0)), int(data.get("eval_count", 0)))
+    except (TypeError, ValueError) as exc:
+        raise ProviderStreamError("unexpected token counts in the final line") from exc
+
+
+def _json(line: bytes) -> dict:
+    try:
+        parsed = json.loads(line)
+    except ValueError as exc:
+        raise ProviderStreamError(f"malformed stream line: {line[:120]!r}") from exc
+    if not isinstance(parsed, dict):
+        raise ProviderStreamError(f"malformed stream line: {line[:120]!r}")
+    return parsed
