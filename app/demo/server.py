@@ -13,7 +13,7 @@ import itertools
 import json
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import gevent
 from gevent.server import StreamServer
@@ -40,8 +40,8 @@ class StreamRecord:
     first_token_at: float | None = None
     last_token_at: float | None = None
     tokens_sent: int = 0
+    token_times: list[float] = field(default_factory=list)
     client_closed_at: float | None = None
-    tokens_after_close: int = 0
     ended: str = "streaming"
     ended_at: float | None = None
 
@@ -195,6 +195,7 @@ class Answer:
         now = time.monotonic()
         self._chunk_write(_sse(payload))
         self.record.tokens_sent += 1
+        self.record.token_times.append(now)
         self.record.first_token_at = self.record.first_token_at or now
         self.record.last_token_at = now
 

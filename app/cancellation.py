@@ -1,0 +1,46 @@
+"""This worker's generations: live ones to stop, and recent outcomes so stops are idempotent."""
+
+from collections import OrderedDict
+from typing import Any
+
+from app.streaming import Generation
+
+REMEMBER = 10_000
+CLOSE_WAIT_S = 2.0
+
+
+class Registry:
+    """Generation ids to live generations and, once ended, to their final summary."""
+
+    def __init__(self, remember: int = REMEMBER):
+        self._live: dict[str, Generation] = {}
+        self._ended: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._remember = remember
+
+    def add(self, generation: Generation) -> None:
+        """Make a generation stoppable by id."""
+        self._live[generation.id] = generation
+
+    def finish(self, generation: Generation) -> None:
+        """Forget a live generation, keeping its final summary for late stops."""
+        self._live.pop(generation.id, None)
+        self._ended[generation.id] = generation.summary()
+        while len(self._ended) > self._remember:
+            self._ended.popitem(last=False)
+
+    def stop(self, generation_id: str, reason: str = "user_stop") -> dict[str, Any] | None:
+        """Stop a generation and wait for its provider connection to close.
+
+        Returns the summary that stands (a generation that already ended keeps its
+        own), or None when this worker never had that id.
+        """
+        generation = self._live.get(generation_id)
+        if generation is None:
+            return self._ended.get(generation_id)
+        generation.stop(reason)
+        generation.wait_closed(CLOSE_WAIT_S)
+        return generation.summary()
+
+    def live_count(self) -> int:
+        """How many generations are streaming now."""
+        return len(self._live)

@@ -1,0 +1,86 @@
+"""`Stopwire`: the relay and its stop endpoint as a Flask extension any app can mount."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+from flask import Flask
+
+from app import config
+from app.cancellation import Registry
+from app.peers import Peers
+from app.providers import make_provider
+from app.providers.base import Message
+from app.providers.http import new_session
+from app.routes.api import api
+from app.streaming import Generation, RelaySettings
+
+
+class Stopwire:
+    """Mounts `POST {prefix}/chat` and `POST {prefix}/generations/<id>/stop` on an app.
+
+    ``Stopwire(app)`` or ``stopwire.init_app(app)``; settings come from `app.config`
+    (`STOPWIRE_*`, defaults in app/config.py).
+    """
+
+    def __init__(self, app: Flask | None = None, url_prefix: str = "/api"):
+        self.url_prefix = url_prefix
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Read settings, build the provider and register the API blueprint."""
+        for name, default in config.DEFAULTS.items():
+            app.config.setdefault(name, default)
+        cfg = app.config
+        self.max_body_bytes = int(cfg["STOPWIRE_MAX_BODY_BYTES"])
+        self.pool_size = int(cfg["STOPWIRE_POOL_SIZE"])
+        self.provider = _provider(cfg)
+        self.settings = RelaySettings(
+            heartbeat_s=float(cfg["STOPWIRE_HEARTBEAT_S"]),
+            connect_timeout_s=float(cfg["STOPWIRE_CONNECT_TIMEOUT_S"]),
+            read_timeout_s=float(cfg["STOPWIRE_READ_TIMEOUT_S"]),
+            api_key=str(cfg["STOPWIRE_API_KEY"]),
+        )
+        self.registry = Registry()
+        self.peers = Peers(str(cfg["STOPWIRE_RUN_DIR"]), self.registry.stop)
+        self._session: requests.Session | None = None
+        app.extensions["stopwire"] = self
+        app.register_blueprint(api, url_prefix=self.url_prefix)
+
+    def new_generation(self, messages: list[Message]) -> Generation:
+        """A generation ready to stream (nothing starts until its body is iterated)."""
+        return Generation(self.provider, messages, self._provider_session(), self.settings)
+
+    def stream(self, generation: Generation, client_sock: Any) -> Iterator[bytes]:
+        """The response body: the generation, stoppable by id while it runs."""
+        self.peers.serve()
+        self.registry.add(generation)
+        try:
+            yield from generation.stream(client_sock)
+        finally:
+            self.registry.finish(generation)
+
+    def stop(self, generation_id: str) -> dict[str, Any] | None:
+        """Stop a generation on this worker or a sibling; None when no worker knows it."""
+        summary = self.registry.stop(generation_id)
+        if summary is None:
+            summary = self.peers.stop_elsewhere(generation_id)
+        return summary
+
+    def _provider_session(self) -> requests.Session:
+        # Created on first use, after gunicorn forked and gevent patched the worker.
+        if self._session is None:
+            self._session = new_session(self.pool_size)
+        return self._session
+
+
+def _provider(cfg: Any):
+    name = str(cfg["STOPWIRE_PROVIDER"])
+    url = str(cfg["STOPWIRE_PROVIDER_URL"])
+    if name == "demo" and not url:
+        raise ValueError(
+            "the demo provider needs STOPWIRE_PROVIDER_URL: `gunicorn -c gunicorn.conf.py` "
+            "starts it for you, or run `python -m app.demo` and set the URL it prints"
+        )
+    return make_provider(name, url, str(cfg["STOPWIRE_API_KEY"]), str(cfg["STOPWIRE_MODEL"]))

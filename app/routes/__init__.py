@@ -1,0 +1,1 @@
+"""Thin blueprints: the JSON/SSE API and the pages."""

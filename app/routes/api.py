@@ -1,0 +1,102 @@
+"""The JSON API: start a streamed answer, stop one. Errors are always JSON here."""
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from app.errors import ApiError, register_json_errors
+from app.providers.base import Message
+
+api = Blueprint("stopwire_api", __name__)
+register_json_errors(api)
+
+ROLES = ("system", "user", "assistant")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@api.post("/chat")
+def chat() -> Response:
+    """Stream an answer to `{"content": str}` or `{"messages": [...]}` as SSE."""
+    body = _json_body(required=True)
+    if body.get("conversation_id") is not None:
+        raise ApiError(404, "unknown conversation_id")
+    stopwire = current_app.extensions["stopwire"]
+    generation = stopwire.new_generation(_messages(body))
+    # gunicorn's gevent worker exposes the client socket; its sync workers another key.
+    client_sock = request.environ.get("gunicorn.sock") or request.environ.get("gunicorn.socket")
+    body_iter = stopwire.stream(generation, client_sock)
+    return Response(body_iter, mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
+@api.post("/generations/<generation_id>/stop")
+def stop(generation_id: str) -> Response | dict[str, Any]:
+    """Stop a generation on whichever worker holds it; its summary is the answer."""
+    body = _json_body(required=False)
+    seen_chars = body.get("seen_chars")
+    if seen_chars is not None and (type(seen_chars) is not int or seen_chars < 0):
+        raise ApiError(400, "seen_chars must be a non-negative integer")
+    summary = current_app.extensions["stopwire"].stop(generation_id)
+    if summary is None:
+        raise ApiError(404, f"no generation {generation_id!r}")
+    return summary
+
+
+@api.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@api.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+def not_found(path: str) -> Response:
+    """Anything else under the API prefix: a JSON 404 (or 405), never an HTML page."""
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    allowed = [m for m in ("GET", "POST", "DELETE") if _routes_elsewhere(adapter, m)]
+    if allowed:
+        raise MethodNotAllowed(valid_methods=allowed)
+    raise NotFound(f"no API endpoint {request.method} {request.path}")
+
+
+def _routes_elsewhere(adapter: Any, method: str) -> bool:
+    try:
+        endpoint, _ = adapter.match(method=method)
+    except HTTPException:
+        return False
+    return endpoint != request.endpoint
+
+
+def _json_body(required: bool) -> dict[str, Any]:
+    """The request's JSON object; an empty optional body reads as {}."""
+    # Per request, so a host app's own MAX_CONTENT_LENGTH stays its own.
+    request.max_content_length = current_app.extensions["stopwire"].max_body_bytes
+    if not required and not request.content_length and not request.data:
+        return {}
+    if not request.is_json:
+        raise ApiError(415, "send JSON with Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def _messages(body: dict[str, Any]) -> list[Message]:
+    content, messages = body.get("content"), body.get("messages")
+    if (content is None) == (messages is None):
+        raise ApiError(400, 'send either "content" (a string) or "messages" (a list)')
+    if messages is None:
+        if not isinstance(content, str) or not content.strip():
+            raise ApiError(400, '"content" must be a non-empty string')
+        return [Message("user", content)]
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, '"messages" must be a non-empty list')
+    parsed = [_message(i, m) for i, m in enumerate(messages)]
+    if parsed[-1].role != "user":
+        raise ApiError(400, "the last message must be the user's")
+    return parsed
+
+
+def _message(index: int, item: Any) -> Message:
+    if not isinstance(item, dict):
+        raise ApiError(400, f"messages[{index}] must be an object")
+    role, content = item.get("role"), item.get("content")
+    if role not in ROLES:
+        raise ApiError(400, f"messages[{index}].role must be one of {', '.join(ROLES)}")
+    if not isinstance(content, str):
+        raise ApiError(400, f"messages[{index}].content must be a string")
+    return Message(role, content)

@@ -1,0 +1,26 @@
+"""The browser-facing pages and the health check."""
+
+from flask import Blueprint, current_app
+
+pages = Blueprint("pages", __name__)
+
+NOTICE = """<!doctype html>
+<html lang="en"><meta charset="utf-8"><title>Stopwire</title>
+<h1>Stopwire</h1>
+<p>The chat page is on its way. The API is live: <code>POST /api/chat</code> streams an
+answer as server-sent events, <code>POST /api/generations/&lt;id&gt;/stop</code> stops it.</p>
+</html>
+"""
+
+
+@pages.get("/")
+def index() -> tuple[str, int, dict[str, str]]:
+    """A short notice until the chat page lands."""
+    return NOTICE, 200, {"Content-Type": "text/html; charset=utf-8"}
+
+
+@pages.get("/healthz")
+def healthz() -> dict[str, object]:
+    """Liveness, with how many generations this worker is streaming."""
+    stopwire = current_app.extensions["stopwire"]
+    return {"status": "ok", "live_generations": stopwire.registry.live_count()}

@@ -1,0 +1,253 @@
+"""The relay: one generation streamed from a provider to one client, stoppable at once.
+
+Three greenlets per generation; whichever ends first ends the others:
+
+- the **handler** greenlet iterates `Generation.stream()` (gunicorn writes what it
+  yields): it waits on the queue with a heartbeat timeout and turns what it gets into
+  SSE frames, coalescing tokens that queued up while the client was slow;
+- the **pump** greenlet opens the provider stream and parses it into the queue;
+- the **watcher** greenlet waits for the client's socket to close (app/disconnect.py).
+
+A stop (the client left, or asked) decides the outcome and kills the pump. The
+GreenletExit lands in the pump's blocked read (or connect, before the provider has
+answered) and the connection is closed in the pump's own greenlet: never by a
+cross-greenlet `Response.close()`, which fails on a read in progress. The handler's
+`finally` kills the watcher before gunicorn reads the next keep-alive request.
+
+Race rule: the first outcome decided wins. A stop that arrives after the provider's
+final event was parsed reports `complete`; a stop before it reports `stopped`.
+"""
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import requests
+from gevent.queue import Empty, Queue
+
+from app import disconnect, sse
+from app.providers.base import (
+    Delta,
+    Message,
+    Provider,
+    ProviderDisconnected,
+    ProviderError,
+    ProviderTimeout,
+    Usage,
+)
+from app.providers.http import iter_body, open_stream
+
+log = logging.getLogger(__name__)
+
+_END = object()
+_DRAIN_S = 1.0
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """What a generation needs from the configuration."""
+
+    heartbeat_s: float
+    connect_timeout_s: float
+    read_timeout_s: float
+    api_key: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a generation ended: status, reason and, for errors, what went wrong."""
+
+    status: str  # complete | stopped | error
+    reason: str | None = None  # user_stop | client_disconnect | timeout | upstream_error | internal
+    error: dict[str, str] | None = None
+
+
+def new_generation_id() -> str:
+    """An unguessable id: 128 random bits."""
+    return "gen_" + secrets.token_urlsafe(16)
+
+
+class Generation:
+    """One answer being relayed; `stream()` is the response body."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        messages: list[Message],
+        session: requests.Session,
+        settings: RelaySettings,
+    ):
+        self.id = new_generation_id()
+        self.provider = provider
+        self.messages = messages
+        self.session = session
+        self.settings = settings
+        self.outcome: Outcome | None = None
+        self.usage: Usage | None = None
+        self.delivered_tokens = 0
+        self.delivered_chars = 0
+        self.stop_at: float | None = None
+        self.closed_at: float | None = None
+        self.tokens_after_stop = 0
+        self._queue: Queue = Queue()
+        self._pump = gevent.Greenlet(self._read_provider)
+
+    # -- the handler greenlet ------------------------------------------------------
+
+    def stream(self, client_sock: Any = None) -> Iterator[bytes]:
+        """The SSE response body: meta, tokens and keepalives, error, done."""
+        watcher = None
+        try:
+            if client_sock is not None:
+                watcher = gevent.spawn(disconnect.watch, client_sock, self._client_gone)
+            self._pump.start()
+            yield sse.frame("meta", self.meta())
+            yield from self._relay_tokens()
+            yield from self._final_frames()
+        finally:
+            if watcher is not None:
+                watcher.kill()
+            # Still undecided here means gunicorn closed us after a failed write.
+            if self.stop("client_disconnect").status == "stopped":
+                self._pump.join()
+
+    def meta(self) -> dict[str, Any]:
+        """The first event: ids the client needs to stop or find this answer."""
+        return {"generation_id": self.id, "conversation_id": None, "message_id": None}
+
+    def _relay_tokens(self) -> Iterator[bytes]:
+        sequence = 0
+        while True:
+            try:
+                item = self._queue.get(timeout=self.settings.heartbeat_s)
+            except Empty:
+                yield sse.KEEPALIVE
+                continue
+            texts = []
+            while item is not _END:
+                texts.append(item)
+                if self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if texts:
+                sequence += 1
+                text = "".join(texts)
+                self.delivered_tokens += len(texts)
+                self.delivered_chars += len(text)
+                yield sse.frame("token", {"text": text}, event_id=sequence)
+            if item is _END:
+                return
+
+    def _final_frames(self) -> Iterator[bytes]:
+        outcome = self.outcome
+        assert outcome is not None  # _END is queued only once an outcome is decided
+        if outcome.status == "stopped":
+            self._pump.join()  # the receipt needs the moment the provider was closed
+        if outcome.error is not None:
+            yield sse.frame("error", {"error": outcome.error})
+        if outcome.reason != "client_disconnect":  # nobody left to tell
+            yield sse.frame("done", self.summary())
+
+    def summary(self) -> dict[str, Any]:
+        """The `done` event: status, reason, usage and, for a stop, its receipt."""
+        outcome = self.outcome or Outcome("streaming")
+        summary: dict[str, Any] = {
+            "generation_id": self.id,
+            "status": outcome.status,
+            "reason": outcome.reason,
+            "usage": self._usage().as_dict(),
+        }
+        if outcome.status == "stopped":
+            summary["receipt"] = self.receipt()
+        return summary
+
+    def receipt(self) -> dict[str, Any]:
+        """What the server measured about a stop."""
+        assert self.stop_at is not None
+        closed_at = self.closed_at if self.closed_at is not None else self.stop_at
+        return {
+            "signal": self.outcome.reason if self.outcome else None,
+            "stop_to_close_ms": round(max(0.0, closed_at - self.stop_at) * 1000, 3),
+            "tokens_after_stop": self.tokens_after_stop,
+        }
+
+    def _usage(self) -> Usage:
+        if self.usage is not None and self.outcome and self.outcome.status == "complete":
+            return self.usage
+        # Stopped or failed early: count what was delivered (about 4 characters a token).
+        prompt_chars = sum(len(m.content) for m in self.messages)
+        reported_prompt = self.usage.prompt_tokens if self.usage else None
+        prompt = reported_prompt if reported_prompt else math.ceil(prompt_chars / 4)
+        return Usage(prompt, self.delivered_tokens, estimated=True)
+
+    # -- stopping (any greenlet) ----------------------------------------------------
+
+    def stop(self, reason: str) -> Outcome:
+        """Stop now unless already decided; returns the outcome that stands."""
+        if self.outcome is None:
+            self.stop_at = time.monotonic()
+            self._decide(Outcome("stopped", reason))
+            self._pump.kill(block=False)
+        return self.outcome  # type: ignore[return-value]
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until the provider connection is closed; False on timeout."""
+        self._pump.join(timeout)
+        return self._pump.dead
+
+    def _client_gone(self) -> None:
+        self.stop("client_disconnect")
+
+    def _decide(self, outcome: Outcome) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self._queue.put(_END)
+
+    # -- the pump greenlet ----------------------------------------------------------
+
+    def _read_provider(self) -> None:
+        response = None
+        try:
+            call = self.provider.build_call(self.messages)
+            timeouts = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
+            response = open_stream(self.session, call, timeouts, self.settings.api_key)
+            for delta in self.provider.parse(iter_body(response)):
+                self._take(delta)
+                if delta.finished:
+                    self._decide(Outcome("complete"))
+                    _drain(response)
+                    return
+            raise ProviderDisconnected("the provider ended the stream before the answer was done")
+        except ProviderError as exc:
+            reason = "timeout" if isinstance(exc, ProviderTimeout) else "upstream_error"
+            log.warning("generation %s failed: %s (%s)", self.id, exc.type, exc)
+            self._decide(Outcome("error", reason, {"type": exc.type, "message": str(exc)}))
+        except Exception:
+            log.exception("generation %s failed unexpectedly", self.id)
+            error = {"type": "internal_error", "message": "internal error; see the server log"}
+            self._decide(Outcome("error", "internal", error))
+        finally:
+            if response is not None:
+                response.close()
+            self.closed_at = time.monotonic()
+
+    def _take(self, delta: Delta) -> None:
+        if delta.usage is not None:
+            self.usage = delta.usage
+        if not delta.text:
+            return
+        if self.stop_at is not None:
+            self.tokens_after_stop += 1  # arrived after the stop: counted, never sent
+        else:
+            self._queue.put(delta.text)
+
+
+def _drain(response: requests.Response) -> None:
+    """Read the little that follows the final event so the connection can be pooled."""
+    with gevent.Timeout(_DRAIN_S, False):
+        response.raw.drain_conn()
