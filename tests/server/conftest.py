@@ -1,0 +1,151 @@
+"""Real processes on loopback: the demo provider and gunicorn with gevent workers."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Upstream:
+    """The demo provider in its own process; it records when each client left."""
+
+    def __init__(self, *args: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.demo", "--port", "0", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.url = self.process.stdout.readline().strip()
+        assert self.url.startswith("http://"), "the demo provider did not start"
+        self.base = self.url.removesuffix("/v1")
+
+    def streams(self, prompt: str | None = None) -> list[dict]:
+        """The provider's records, optionally only those whose prompt contains `prompt`."""
+        records = requests.get(f"{self.base}/demo/streams", timeout=5).json()["streams"]
+        return [r for r in records if prompt is None or prompt in r["prompt"]]
+
+    def record(self, prompt: str, timeout: float = 5.0) -> dict:
+        """The one record for `prompt`, once the provider has seen the request."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.streams(prompt)
+            if found:
+                assert len(found) == 1, found
+                return found[0]
+            time.sleep(0.01)
+        raise AssertionError(f"the provider never saw {prompt!r}")
+
+    def ended(self, prompt: str, timeout: float = 5.0) -> dict:
+        """The record for `prompt` once its stream has ended, however it ended."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.record(prompt, timeout)
+            if record["ended"] != "streaming":
+                return record
+            time.sleep(0.01)
+        raise AssertionError(f"the provider is still streaming {prompt!r}: {record}")
+
+    def close(self) -> None:
+        stop_process_group(self.process)
+
+
+class Server:
+    """`gunicorn -c gunicorn.conf.py` with gevent workers, on a free loopback port."""
+
+    def __init__(self, upstream_url: str, workers: int = 1, **settings: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "STOPWIRE_BIND": f"127.0.0.1:{self.port}",
+            "STOPWIRE_WORKERS": str(workers),
+            "STOPWIRE_PROVIDER_URL": upstream_url,
+            "STOPWIRE_GRACEFUL_TIMEOUT": "5",
+            **settings,
+        }
+        env.pop("STOPWIRE_RUN_DIR", None)
+        self.log = open(ROOT / ".pytest_cache" / f"gunicorn-{self.port}.log", "w+")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_port(self.port, self.process)
+        self.wait_workers(workers)
+
+    def wait_workers(self, count: int, timeout: float = 15.0) -> None:
+        """Wait until `count` distinct workers answer (each booted and serving)."""
+        seen: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < count and time.monotonic() < deadline:
+            with requests.Session() as fresh:  # a new connection may land on another worker
+                seen.add(fresh.get(f"{self.url}/healthz", timeout=5).json()["pid"])
+        assert len(seen) >= count, f"only workers {seen} answered"
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def close(self) -> None:
+        stop_process_group(self.process)
+        self.log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout}s")
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM the group we started, SIGKILL it if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    """One demo provider for the session: 20 ms per token, 40 ms to the first."""
+    (ROOT / ".pytest_cache").mkdir(exist_ok=True)
+    server = Upstream("--gap", "0.02", "--ttft", "0.04", "--tokens", "60")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def server(upstream):
+    """gunicorn with two gevent workers in front of the demo provider."""
+    process = Server(upstream.url, workers=2, STOPWIRE_HEARTBEAT_S="0.3")
+    yield process
+    process.close()
