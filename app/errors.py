@@ -48,7 +48,11 @@ def register_json_errors(blueprint: Blueprint) -> None:
 
     @blueprint.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        return error_response(exc.code or 500, exc.description or exc.name)
+        response = error_response(exc.code or 500, exc.description or exc.name)
+        for name, value in exc.get_headers():  # e.g. Allow on a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @blueprint.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -1,7 +1,11 @@
-"""Server-sent event frames: pure encoding, no Flask and no I/O."""
+"""Server-sent event frames: encoding ours, reading providers'; pure, no Flask and no I/O."""
 
+import codecs
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+from sseclient import Event, SSEClient
 
 KEEPALIVE = b": keepalive\n\n"
 
@@ -17,3 +21,27 @@ def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
     lines.append(f"event: {event}")
     lines.append("data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")))
     return ("\n".join(lines) + "\n\n").encode()
+
+
+class _BodyEnded(Exception):
+    pass
+
+
+def events(chunks: Iterable[bytes]) -> Iterator[Event]:
+    """The events in body chunks, however they are split, as the SSE spec reads them.
+
+    Invalid UTF-8 becomes U+FFFD, and an event the body ends in the middle of is
+    dropped: the stream was cut, which is a disconnect and not a malformed event.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def body() -> Iterator[bytes]:
+        for chunk in chunks:
+            yield decoder.decode(chunk).encode()
+        # Raised, not returned: at the end SSEClient would dispatch the unfinished event.
+        raise _BodyEnded
+
+    try:
+        yield from SSEClient(body()).events()
+    except _BodyEnded:
+        return

@@ -84,7 +84,8 @@ def _apply(script: Script, key: str, value: str) -> Script:
 def words(script: Script, user_text: str) -> list[str]:
     """The tokens of the answer: words with their leading space."""
     source = user_text if script.echo and user_text else PROSE
-    pieces = re.findall(r"\s*\S+", source)
+    # A space before the first word too, so repeated prose joins as "away. A stop".
+    pieces = re.findall(r"\s*\S+", " " + source)
     if not script.echo:
         pieces = (pieces * (script.tokens // len(pieces) + 1))[: script.tokens]
     if pieces:

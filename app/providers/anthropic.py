@@ -3,9 +3,8 @@
 import json
 from collections.abc import Iterable, Iterator
 
-from sseclient import SSEClient
-
 from app.providers.base import Delta, Message, ProviderCall, ProviderStreamError, Usage
+from app.sse import events
 
 API_VERSION = "2023-06-01"
 MAX_TOKENS = 4096
@@ -42,7 +41,7 @@ class AnthropicProvider:
     def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
         """Deltas from the typed events; `message_stop` ends the answer."""
         prompt_tokens = completion_tokens = 0
-        for event in SSEClient(chunks).events():
+        for event in events(chunks):
             data = _json(event.data)
             kind = data.get("type") or event.event
             if kind == "message_start":

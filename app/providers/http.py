@@ -56,9 +56,11 @@ def iter_body(response: requests.Response) -> Iterator[bytes]:
     """Body chunks as they arrive, with transport failures mapped to ProviderErrors."""
     try:
         yield from response.iter_content(chunk_size=None)
-    except (requests.Timeout, urllib3.exceptions.ReadTimeoutError) as exc:
-        raise ProviderTimeout("provider went silent past the idle limit") from exc
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        # requests wraps an idle read timeout in a ConnectionError: look inside.
+        cause = exc.args[0] if exc.args else None
+        if isinstance(exc, requests.Timeout) or isinstance(cause, urllib3.exceptions.TimeoutError):
+            raise ProviderTimeout("provider went silent past the idle limit") from exc
         raise ProviderDisconnected("provider connection dropped mid-stream") from exc
 
 
@@ -72,7 +74,8 @@ def error_message(body: bytes, secret: str = "") -> str:
     if isinstance(parsed, dict) and "error" in parsed:
         error = parsed["error"]
         text = str(error.get("message", error) if isinstance(error, dict) else error)
-    return redact(text[:500] or "no details given", secret)
+    # Redact before cutting: a cut secret would no longer match and its start would leak.
+    return redact(text, secret)[:500] or "no details given"
 
 
 def redact(text: str, secret: str) -> str:

@@ -42,14 +42,16 @@ class OllamaProvider:
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Whole non-empty lines, however the chunks split them."""
+    """Whole non-empty lines, however the chunks split them.
+
+    Ollama ends every line with a newline, so a last line without one was cut
+    off mid-way: dropped, so the relay reports a disconnect, not a malformed line.
+    """
     pending = b""
     for chunk in chunks:
         pending += chunk
         *complete, pending = pending.split(b"\n")
         yield from (line for line in complete if line.strip())
-    if pending.strip():
-        yield pending
 
 
 def _usage(data: dict) -> Usage:

@@ -4,9 +4,8 @@ OpenRouter, Ollama's /v1, and the built-in demo)."""
 import json
 from collections.abc import Iterable, Iterator
 
-from sseclient import SSEClient
-
 from app.providers.base import Delta, Message, ProviderCall, ProviderStreamError, Usage
+from app.sse import events
 
 
 class OpenAIProvider:
@@ -35,7 +34,7 @@ class OpenAIProvider:
     def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
         """Deltas from `data:` chunks; `[DONE]` ends the answer."""
         saw_finish_reason = False
-        for event in SSEClient(chunks).events():
+        for event in events(chunks):
             if event.data.strip() == "[DONE]":
                 yield Delta(finished=True)
                 return

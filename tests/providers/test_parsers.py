@@ -1,5 +1,7 @@
 """Provider request builders and stream parsers, fed recorded bodies however they are chunked."""
 
+import json
+
 import pytest
 
 from app.providers import DEFAULT_MODELS, DEFAULT_URLS, make_provider
@@ -140,7 +142,8 @@ OLLAMA_EVENTS = [
         [Delta(text=", naïve ✓")],
     ),
     (
-        _OLLAMA_AT % 240
+        _OLLAMA_AT
+        % 240
         + b'"message":{"role":"assistant","content":""},"done_reason":"stop","done":true,'
         b'"total_duration":4883583458,"load_duration":1334875,"prompt_eval_count":26,'
         b'"prompt_eval_duration":342546000,"eval_count":282,"eval_duration":4535599000}\n',
@@ -284,7 +287,9 @@ def test_sse_bare_cr_line_endings(make, stream, expected):
 
 @pytest.mark.parametrize(("make", "stream", "expected"), SSE_PARSERS)
 def test_sse_comments_are_ignored(make, stream, expected):
-    commented = b": keepalive\n\n" + stream.replace(b"\n\n", b"\n\n: keepalive\n\n: OPENROUTER PROCESSING\n\n")
+    commented = b": keepalive\n\n" + stream.replace(
+        b"\n\n", b"\n\n: keepalive\n\n: OPENROUTER PROCESSING\n\n"
+    )
     assert parse(make(), commented) == expected
     assert parse(make(), *(commented[i : i + 1] for i in range(len(commented)))) == expected
 
@@ -429,9 +434,7 @@ def test_anthropic_non_text_deltas_carry_no_text():
 
 
 def test_anthropic_usage_without_message_start_counts_zero_prompt_tokens():
-    stream = (
-        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":4}}\n\n'
-    )
+    stream = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":4}}\n\n'
     assert parse(anthropic(), stream) == [Delta(usage=Usage(0, 4))]
 
 
@@ -447,9 +450,7 @@ def test_openai_error_chunk():
     assert seen == [Delta(text="Hello")]
     assert isinstance(exc, ProviderStreamError)
     assert exc.type == "provider_stream_error"
-    assert str(exc) == (
-        "The server had an error while processing your request. Sorry about that!"
-    )
+    assert str(exc) == ("The server had an error while processing your request. Sorry about that!")
 
 
 def test_openai_error_chunk_without_message():
@@ -506,7 +507,7 @@ def test_openai_malformed_json():
     )
     assert seen == [Delta(text="Hello")]
     assert isinstance(exc, ProviderStreamError)
-    assert str(exc) == "malformed stream line: '{\"choices\": [{\"delta\": '"
+    assert str(exc) == 'malformed stream line: \'{"choices": [{"delta": \''
 
 
 @pytest.mark.parametrize("data", [b"[1, 2]", b'"text"', b"null", b"42"])
@@ -528,7 +529,7 @@ def test_openai_json_that_is_not_an_object(data):
 def test_openai_unexpected_chunk_shape(chunk):
     _, exc = parse_until_error(openai(), b"data: " + chunk + b"\n\n")
     assert isinstance(exc, ProviderStreamError)
-    assert str(exc).startswith("unexpected chunk shape: {")
+    assert str(exc) == f"unexpected chunk shape: {json.loads(chunk)}"
 
 
 def test_anthropic_malformed_json():
@@ -536,7 +537,7 @@ def test_anthropic_malformed_json():
     seen, exc = parse_until_error(anthropic(), _stream(ANTHROPIC_EVENTS[:4]), bad)
     assert seen == [Delta(text="Hello")]
     assert isinstance(exc, ProviderStreamError)
-    assert str(exc) == "malformed stream line: '{\"type\":\"content_block_delta\",\"delta\":{\"te'"
+    assert str(exc) == 'malformed stream line: \'{"type":"content_block_delta","delta":{"te\''
 
 
 def test_anthropic_json_that_is_not_an_object():
@@ -546,9 +547,7 @@ def test_anthropic_json_that_is_not_an_object():
 
 
 def test_anthropic_unexpected_usage_shape():
-    bad = (
-        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":"x"}}\n\n'
-    )
+    bad = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":"x"}}\n\n'
     _, exc = parse_until_error(anthropic(), bad)
     assert isinstance(exc, ProviderStreamError)
     assert str(exc) == "unexpected usage shape: {'output_tokens': 'x'}"
@@ -559,7 +558,7 @@ def test_ollama_malformed_line():
     seen, exc = parse_until_error(ollama(), _stream(OLLAMA_EVENTS[:1]), bad)
     assert seen == [Delta(text="Hello")]
     assert isinstance(exc, ProviderStreamError)
-    assert str(exc) == "malformed stream line: b'{\"model\":\"llama3.2\",\"message\":{\"role\":\"assist'"
+    assert str(exc) == 'malformed stream line: b\'{"model":"llama3.2","message":{"role":"assist\''
 
 
 def test_ollama_json_that_is_not_an_object():
@@ -747,7 +746,7 @@ def test_error_types(cls, kind):
 def test_error_message_from_openai_body_redacts_the_key():
     body = (
         b'{\n  "error": {\n    "message": "Incorrect API key provided: sk-proj-abc*********'
-        b'**************************************wxyz. You can find your API key at '
+        b"**************************************wxyz. You can find your API key at "
         b'https://platform.openai.com/account/api-keys.",\n    "type": "invalid_request_error",'
         b'\n    "param": null,\n    "code": "invalid_api_key"\n  }\n}\n'
     )
@@ -833,3 +832,14 @@ def test_redact_configured_secret_of_any_shape():
     assert redact("token=Zq9!pw and again Zq9!pw", "Zq9!pw") == (
         "token=[redacted] and again [redacted]"
     )
+
+
+def test_openai_invalid_utf8_becomes_replacement_character():
+    stream = b'data: {"choices":[{"index":0,"delta":{"content":"caf\xc3"}}]}\n\ndata: [DONE]\n\n'
+    assert parse(openai(), stream) == [Delta(text="caf\ufffd"), Delta(finished=True)]
+
+
+def test_ollama_invalid_utf8_is_a_malformed_line():
+    _, exc = parse_until_error(ollama(), b'{"message":{"content":"caf\xc3"}}\n')
+    assert isinstance(exc, ProviderStreamError)
+    assert str(exc).startswith("malformed stream line: ")

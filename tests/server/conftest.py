@@ -74,7 +74,8 @@ class Server:
             **settings,
         }
         env.pop("STOPWIRE_RUN_DIR", None)
-        self.log = open(ROOT / ".pytest_cache" / f"gunicorn-{self.port}.log", "w+")  # noqa: SIM115
+        self.log_path = ROOT / ".pytest_cache" / f"gunicorn-{self.port}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
             cwd=ROOT,
@@ -96,8 +97,8 @@ class Server:
         assert len(seen) >= count, f"only workers {seen} answered"
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
+        """Everything gunicorn and the app logged so far."""
+        return self.log_path.read_text()
 
     def close(self) -> None:
         stop_process_group(self.process)
