@@ -8,7 +8,7 @@ DEFAULTS = Script()
 
 
 def test_defaults():
-    assert DEFAULTS == Script(
+    assert Script() == Script(
         ttft=0.3,
         headers_delay=0.0,
         gap=0.03,

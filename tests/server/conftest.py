@@ -62,7 +62,7 @@ class Upstream:
 class Server:
     """`gunicorn -c gunicorn.conf.py` with gevent workers, on a free loopback port."""
 
-    def __init__(self, upstream_url: str, workers: int = 1, **settings: str):
+    def __init__(self, upstream_url: str, workers: int = 1, host_app: str = "", **settings: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -71,29 +71,36 @@ class Server:
             "STOPWIRE_WORKERS": str(workers),
             "STOPWIRE_PROVIDER_URL": upstream_url,
             "STOPWIRE_GRACEFUL_TIMEOUT": "5",
+            "UPSTREAM_URL": upstream_url,
+            "PYTHONPATH": str(ROOT),
             **settings,
         }
         env.pop("STOPWIRE_RUN_DIR", None)
+        if host_app:  # someone else's app, with plain gunicorn flags and no config file
+            command = ["-k", "gevent", "-w", str(workers), "-b", env["STOPWIRE_BIND"], host_app]
+            cwd, health = Path(__file__).parent, "/whoami"
+        else:
+            command, cwd, health = ["-c", "gunicorn.conf.py"], ROOT, "/healthz"
         self.log_path = ROOT / ".pytest_cache" / f"gunicorn-{self.port}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-            cwd=ROOT,
+            [sys.executable, "-m", "gunicorn", *command],
+            cwd=cwd,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         wait_for_port(self.port, self.process)
-        self.wait_workers(workers)
+        self.wait_workers(workers, health)
 
-    def wait_workers(self, count: int, timeout: float = 15.0) -> None:
+    def wait_workers(self, count: int, health: str, timeout: float = 15.0) -> None:
         """Wait until `count` distinct workers answer (each booted and serving)."""
         seen: set[int] = set()
         deadline = time.monotonic() + timeout
         while len(seen) < count and time.monotonic() < deadline:
             with requests.Session() as fresh:  # a new connection may land on another worker
-                seen.add(fresh.get(f"{self.url}/healthz", timeout=5).json()["pid"])
+                seen.add(fresh.get(f"{self.url}{health}", timeout=5).json()["pid"])
         assert len(seen) >= count, f"only workers {seen} answered"
 
     def output(self) -> str:
