@@ -13,7 +13,7 @@ from app.providers import make_provider
 from app.providers.base import Message
 from app.providers.http import new_session
 from app.routes.api import api
-from app.streaming import Generation, RelaySettings
+from app.streaming import Generation, RelayEvent, RelaySettings
 
 
 class Stopwire:
@@ -48,16 +48,19 @@ class Stopwire:
         app.extensions["stopwire"] = self
         app.register_blueprint(api, url_prefix=self.url_prefix)
 
-    def new_generation(self, messages: list[Message]) -> Generation:
-        """A generation ready to stream (nothing starts until its body is iterated)."""
-        return Generation(self.provider, messages, self._provider_session(), self.settings)
+    def new_generation(
+        self, messages: list[Message], meta: dict[str, Any] | None = None
+    ) -> Generation:
+        """A generation ready to run (nothing starts until its events are iterated)."""
+        session = self._provider_session()
+        return Generation(self.provider, messages, session, self.settings, meta)
 
-    def stream(self, generation: Generation, client_sock: Any) -> Iterator[bytes]:
-        """The response body: the generation, stoppable by id while it runs."""
+    def run(self, generation: Generation, client_sock: Any) -> Iterator[RelayEvent]:
+        """The generation's events, stoppable by id (from any worker) while it runs."""
         self.peers.serve()
         self.registry.add(generation)
         try:
-            yield from generation.stream(client_sock)
+            yield from generation.events(client_sock)
         finally:
             self.registry.finish(generation)
 

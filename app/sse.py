@@ -2,7 +2,7 @@
 
 import codecs
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 from sseclient import Event, SSEClient
@@ -21,6 +21,24 @@ def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
     lines.append(f"event: {event}")
     lines.append("data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")))
     return ("\n".join(lines) + "\n\n").encode()
+
+
+def encode(relay_events: Generator[Any, None, None]) -> Iterator[bytes]:
+    """Stopwire's own wire format for relay events; token ids count the token frames."""
+    sequence = 0
+    try:
+        for event in relay_events:
+            if event.kind == "keepalive":
+                yield KEEPALIVE
+            elif event.kind == "token":
+                sequence += 1
+                yield frame("token", {"text": event.data}, event_id=sequence)
+            elif event.kind == "error":
+                yield frame("error", {"error": event.data})
+            else:
+                yield frame(event.kind, event.data)
+    finally:
+        relay_events.close()  # a `for` loop would leave the relay's cleanup to the GC
 
 
 class _BodyEnded(Exception):

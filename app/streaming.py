@@ -30,7 +30,7 @@ import gevent
 import requests
 from gevent.queue import Empty, Queue
 
-from app import disconnect, sse
+from app import disconnect
 from app.providers.base import (
     Delta,
     Message,
@@ -67,6 +67,17 @@ class Outcome:
     error: dict[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class RelayEvent:
+    """What the relay tells its client, before a wire format encodes it.
+
+    kind: meta | token (data: the text) | keepalive | error | done
+    """
+
+    kind: str
+    data: Any = None
+
+
 def new_generation_id() -> str:
     """An unguessable id: 128 random bits."""
     return "gen_" + secrets.token_urlsafe(16)
@@ -81,8 +92,10 @@ class Generation:
         messages: list[Message],
         session: requests.Session,
         settings: RelaySettings,
+        meta: dict[str, Any] | None = None,
     ):
         self.id = new_generation_id()
+        self.meta = {"generation_id": self.id, **(meta or {})}
         self.provider = provider
         self.messages = messages
         self.session = session
@@ -94,39 +107,39 @@ class Generation:
         self.stop_at: float | None = None
         self.closed_at: float | None = None
         self.tokens_after_stop = 0
+        self._received: list[str] = []
         self._queue: Queue = Queue()
         self._pump = gevent.Greenlet(self._read_provider)
 
     # -- the handler greenlet ------------------------------------------------------
 
-    def stream(self, client_sock: Any = None) -> Iterator[bytes]:
-        """The SSE response body: meta, tokens and keepalives, error, done."""
+    def events(self, client_sock: Any = None) -> Iterator[RelayEvent]:
+        """meta, then tokens and keepalives, then error and done; wire formats encode them.
+
+        Everything starts and ends in here: a generator that is never iterated
+        must not have spawned anything, as its `finally` would never run.
+        """
         watcher = None
         try:
             if client_sock is not None:
                 watcher = gevent.spawn(disconnect.watch, client_sock, self._client_gone)
             self._pump.start()
-            yield sse.frame("meta", self.meta())
+            yield RelayEvent("meta", self.meta)
             yield from self._relay_tokens()
-            yield from self._final_frames()
+            yield from self._final_events()
         finally:
             if watcher is not None:
                 watcher.kill()
-            # Still undecided here means gunicorn closed us after a failed write.
+            # Still undecided here means the server closed us after a failed write.
             if self.stop("client_disconnect").status == "stopped":
                 self._pump.join()
 
-    def meta(self) -> dict[str, Any]:
-        """The first event: ids the client needs to stop or find this answer."""
-        return {"generation_id": self.id, "conversation_id": None, "message_id": None}
-
-    def _relay_tokens(self) -> Iterator[bytes]:
-        sequence = 0
+    def _relay_tokens(self) -> Iterator[RelayEvent]:
         while True:
             try:
                 item = self._queue.get(timeout=self.settings.heartbeat_s)
             except Empty:
-                yield sse.KEEPALIVE
+                yield RelayEvent("keepalive")
                 continue
             texts = []
             while item is not _END:
@@ -135,23 +148,22 @@ class Generation:
                     break
                 item = self._queue.get_nowait()
             if texts:
-                sequence += 1
                 text = "".join(texts)
                 self.delivered_tokens += len(texts)
                 self.delivered_chars += len(text)
-                yield sse.frame("token", {"text": text}, event_id=sequence)
+                yield RelayEvent("token", text)
             if item is _END:
                 return
 
-    def _final_frames(self) -> Iterator[bytes]:
+    def _final_events(self) -> Iterator[RelayEvent]:
         outcome = self.outcome
         assert outcome is not None  # _END is queued only once an outcome is decided
         if outcome.status == "stopped":
             self._pump.join()  # the receipt needs the moment the provider was closed
         if outcome.error is not None:
-            yield sse.frame("error", {"error": outcome.error})
+            yield RelayEvent("error", outcome.error)
         if outcome.reason != "client_disconnect":  # nobody left to tell
-            yield sse.frame("done", self.summary())
+            yield RelayEvent("done", self.summary())
 
     def summary(self) -> dict[str, Any]:
         """The `done` event: status, reason, usage and, for a stop, its receipt."""
@@ -184,6 +196,10 @@ class Generation:
         reported_prompt = self.usage.prompt_tokens if self.usage else None
         prompt = reported_prompt if reported_prompt else math.ceil(prompt_chars / 4)
         return Usage(prompt, self.delivered_tokens, estimated=True)
+
+    def text(self) -> str:
+        """Everything the provider said before the outcome was decided."""
+        return "".join(self._received)
 
     # -- stopping (any greenlet) ----------------------------------------------------
 
@@ -244,6 +260,7 @@ class Generation:
         if self.stop_at is not None:
             self.tokens_after_stop += 1  # arrived after the stop: counted, never sent
         else:
+            self._received.append(delta.text)
             self._queue.put(delta.text)
 
 

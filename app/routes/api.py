@@ -5,6 +5,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from app import sse
 from app.errors import ApiError, register_json_errors
 from app.providers.base import Message
 
@@ -22,11 +23,12 @@ def chat() -> Response:
     if body.get("conversation_id") is not None:
         raise ApiError(404, "unknown conversation_id")
     stopwire = current_app.extensions["stopwire"]
-    generation = stopwire.new_generation(_messages(body))
+    meta = {"conversation_id": None, "message_id": None}
+    generation = stopwire.new_generation(_messages(body), meta)
     # gunicorn's gevent worker exposes the client socket; its sync workers another key.
     client_sock = request.environ.get("gunicorn.sock") or request.environ.get("gunicorn.socket")
-    body_iter = stopwire.stream(generation, client_sock)
-    return Response(body_iter, mimetype="text/event-stream", headers=SSE_HEADERS)
+    frames = sse.encode(stopwire.run(generation, client_sock))
+    return Response(frames, mimetype="text/event-stream", headers=SSE_HEADERS)
 
 
 @api.post("/generations/<generation_id>/stop")
