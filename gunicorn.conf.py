@@ -51,6 +51,15 @@ def on_starting(server):
         server.log.info("demo provider (a simulated model) at %s", url)
 
 
+def post_worker_init(worker):
+    """In each worker, after gevent patched it: interrupt live generations on SIGTERM."""
+    from app.shutdown import interrupt_on_sigterm
+
+    stopwire = worker.wsgi.extensions.get("stopwire")
+    if stopwire is not None:
+        interrupt_on_sigterm(stopwire)
+
+
 def on_exit(server):
     """Stop the demo model and remove the run directory this master made."""
     if _demo is not None:

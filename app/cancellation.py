@@ -6,7 +6,7 @@ from typing import Any
 from app.streaming import Generation
 
 REMEMBER = 10_000
-CLOSE_WAIT_S = 2.0
+SETTLE_WAIT_S = 3.0
 
 
 class Registry:
@@ -28,8 +28,8 @@ class Registry:
         while len(self._ended) > self._remember:
             self._ended.popitem(last=False)
 
-    def stop(self, generation_id: str, reason: str = "user_stop") -> dict[str, Any] | None:
-        """Stop a generation and wait for its provider connection to close.
+    def stop(self, generation_id: str, seen_chars: int | None = None) -> dict[str, Any] | None:
+        """A user's stop: wait until the provider is closed and the outcome recorded.
 
         Returns the summary that stands (a generation that already ended keeps its
         own), or None when this worker never had that id.
@@ -37,9 +37,18 @@ class Registry:
         generation = self._live.get(generation_id)
         if generation is None:
             return self._ended.get(generation_id)
-        generation.stop(reason)
-        generation.wait_closed(CLOSE_WAIT_S)
+        generation.stop("user_stop", seen_chars=seen_chars)
+        generation.wait_settled(SETTLE_WAIT_S)
         return generation.summary()
+
+    def interrupt_all(self) -> int:
+        """Interrupt every live generation (the worker is shutting down)."""
+        live = list(self._live.values())
+        for generation in live:
+            generation.stop("shutdown", status="interrupted")
+        for generation in live:
+            generation.wait_settled(SETTLE_WAIT_S)
+        return len(live)
 
     def live_count(self) -> int:
         """How many generations are streaming now."""

@@ -14,6 +14,12 @@ DEFAULTS: dict[str, str | int | float] = {
     "STOPWIRE_MAX_BODY_BYTES": 1024 * 1024,
     # Upper bound on pooled provider connections per worker (one per live stream).
     "STOPWIRE_POOL_SIZE": 1000,
+    # SQLite file; empty means stopwire.sqlite3 in the app's instance folder.
+    "STOPWIRE_DATABASE": "",
+    # Partial answers are saved at least this often (and at every end).
+    "STOPWIRE_FLUSH_S": 1.0,
+    # An answer whose worker has not beaten for this long was lost with it.
+    "STOPWIRE_LOST_AFTER_S": 5.0,
     # Where workers of one host put the unix sockets that carry stops between them.
     "STOPWIRE_RUN_DIR": "",
 }

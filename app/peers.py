@@ -5,7 +5,7 @@ workers of one gunicorn master (mode 0700, so only this user can stop anything).
 A stop for an id this worker does not hold is asked of every peer socket in turn.
 The protocol is one JSON line each way::
 
-    -> {"op": "stop", "id": "gen_..."}
+    -> {"op": "stop", "id": "gen_...", "seen_chars": 120}
     <- {"found": true, "summary": {...}}   or   {"found": false}
 
 A socket that refuses connections belongs to a worker that died: it is removed.
@@ -26,10 +26,10 @@ from gevent.server import StreamServer
 
 log = logging.getLogger(__name__)
 
-ASK_TIMEOUT_S = 3.0
+ASK_TIMEOUT_S = 5.0  # a peer waits up to 3 s for the stop to be recorded
 _MAX_LINE = 4096
 
-StopLocal = Callable[[str], dict[str, Any] | None]
+StopLocal = Callable[[str, int | None], dict[str, Any] | None]
 
 
 def default_run_dir() -> str:
@@ -65,14 +65,14 @@ class Peers:
         self._server.start()
         atexit.register(path.unlink, missing_ok=True)
 
-    def stop_elsewhere(self, generation_id: str) -> dict[str, Any] | None:
+    def stop_elsewhere(self, generation_id: str, seen_chars: int | None) -> dict[str, Any] | None:
         """Ask each sibling worker to stop the id; the first that holds it answers."""
         if not self.run_dir.is_dir():
             return None
         for path in sorted(self.run_dir.glob("worker-*.sock")):
             if path == self.own_path:
                 continue
-            answer = _ask(path, {"op": "stop", "id": generation_id})
+            answer = _ask(path, {"op": "stop", "id": generation_id, "seen_chars": seen_chars})
             if answer and answer.get("found"):
                 return answer["summary"]
         return None
@@ -82,7 +82,9 @@ class Peers:
         try:
             with gevent.Timeout(ASK_TIMEOUT_S):
                 request = json.loads(reader.readline(_MAX_LINE))
-                summary = self._stop_local(str(request["id"]))
+                seen_chars = request.get("seen_chars")
+                seen_chars = seen_chars if isinstance(seen_chars, int) else None
+                summary = self._stop_local(str(request["id"]), seen_chars)
             reply = {"found": summary is not None, "summary": summary}
             conn.sendall(json.dumps(reply).encode() + b"\n")
         except (ValueError, KeyError, TypeError, OSError, gevent.Timeout) as exc:

@@ -22,11 +22,12 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import gevent
+import gevent.event
 import requests
 from gevent.queue import Empty, Queue
 
@@ -62,8 +63,9 @@ class RelaySettings:
 class Outcome:
     """How a generation ended: status, reason and, for errors, what went wrong."""
 
-    status: str  # complete | stopped | error
-    reason: str | None = None  # user_stop | client_disconnect | timeout | upstream_error | internal
+    status: str  # complete | stopped | error | interrupted
+    # user_stop | client_disconnect | shutdown | timeout | upstream_error | internal
+    reason: str | None = None
     error: dict[str, str] | None = None
 
 
@@ -92,14 +94,18 @@ class Generation:
         messages: list[Message],
         session: requests.Session,
         settings: RelaySettings,
-        meta: dict[str, Any] | None = None,
+        on_end: Callable[["Generation"], None] | None = None,
+        generation_id: str = "",
     ):
-        self.id = new_generation_id()
-        self.meta = {"generation_id": self.id, **(meta or {})}
+        self.id = generation_id or new_generation_id()
+        self.meta: dict[str, Any] = {"generation_id": self.id}
         self.provider = provider
         self.messages = messages
         self.session = session
         self.settings = settings
+        self.on_end = on_end
+        self.seen_chars: int | None = None
+        self.settled = gevent.event.Event()  # the outcome is final and recorded
         self.outcome: Outcome | None = None
         self.usage: Usage | None = None
         self.delivered_tokens = 0
@@ -131,8 +137,10 @@ class Generation:
             if watcher is not None:
                 watcher.kill()
             # Still undecided here means the server closed us after a failed write.
-            if self.stop("client_disconnect").status == "stopped":
+            self.stop("client_disconnect")
+            if self.stop_at is not None:
                 self._pump.join()
+            self._settle()
 
     def _relay_tokens(self) -> Iterator[RelayEvent]:
         while True:
@@ -158,8 +166,9 @@ class Generation:
     def _final_events(self) -> Iterator[RelayEvent]:
         outcome = self.outcome
         assert outcome is not None  # _END is queued only once an outcome is decided
-        if outcome.status == "stopped":
+        if self.stop_at is not None:
             self._pump.join()  # the receipt needs the moment the provider was closed
+        self._settle()  # recorded before the client hears the end
         if outcome.error is not None:
             yield RelayEvent("error", outcome.error)
         if outcome.reason != "client_disconnect":  # nobody left to tell
@@ -169,12 +178,12 @@ class Generation:
         """The `done` event: status, reason, usage and, for a stop, its receipt."""
         outcome = self.outcome or Outcome("streaming")
         summary: dict[str, Any] = {
-            "generation_id": self.id,
+            **self.meta,
             "status": outcome.status,
             "reason": outcome.reason,
             "usage": self._usage().as_dict(),
         }
-        if outcome.status == "stopped":
+        if self.stop_at is not None and outcome.status in ("stopped", "interrupted"):
             summary["receipt"] = self.receipt()
         return summary
 
@@ -203,18 +212,37 @@ class Generation:
 
     # -- stopping (any greenlet) ----------------------------------------------------
 
-    def stop(self, reason: str) -> Outcome:
-        """Stop now unless already decided; returns the outcome that stands."""
+    def stop(self, reason: str, status: str = "stopped", seen_chars: int | None = None) -> Outcome:
+        """Stop now unless already decided; returns the outcome that stands.
+
+        `seen_chars` is how much of the text the user saw, which is what gets kept.
+        """
         if self.outcome is None:
             self.stop_at = time.monotonic()
-            self._decide(Outcome("stopped", reason))
+            self.seen_chars = seen_chars
+            self._decide(Outcome(status, reason))
             self._pump.kill(block=False)
         return self.outcome  # type: ignore[return-value]
 
-    def wait_closed(self, timeout: float) -> bool:
-        """Wait until the provider connection is closed; False on timeout."""
-        self._pump.join(timeout)
-        return self._pump.dead
+    def kept_text(self) -> str:
+        """The answer as it should be saved: what the user saw of it, if they said."""
+        text = self.text()
+        return text if self.seen_chars is None else text[: self.seen_chars]
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Wait until the outcome is final and recorded; False on timeout."""
+        return self.settled.wait(timeout)
+
+    def _settle(self) -> None:
+        if self.settled.is_set():
+            return
+        try:
+            if self.on_end is not None:
+                self.on_end(self)
+        except Exception:
+            log.exception("recording the end of generation %s failed", self.id)
+        finally:
+            self.settled.set()
 
     def _client_gone(self) -> None:
         self.stop("client_disconnect")

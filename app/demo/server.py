@@ -37,6 +37,7 @@ class StreamRecord:
     id: int
     prompt: str
     started_at: float
+    messages: list[dict] = field(default_factory=list)  # the conversation as received
     first_token_at: float | None = None
     last_token_at: float | None = None
     tokens_sent: int = 0
@@ -99,7 +100,7 @@ class DemoServer:
             _send_json(sock, 400, _error("invalid_request_error", "messages with a user turn"))
             return True
         script, text = scripts.parse(str(user_text), self.defaults)
-        record = StreamRecord(next(self._ids), text[:80], time.monotonic())
+        record = StreamRecord(next(self._ids), text[:80], time.monotonic(), messages)
         self.records.append(record)
         try:
             return Answer(sock, script, record, body).send(scripts.words(script, text))

@@ -14,6 +14,7 @@ class AnthropicProvider:
     """Speaks the Messages API; system turns become its top-level `system` field."""
 
     name = "anthropic"
+    prefill = True  # a final assistant turn is continued natively
 
     def __init__(self, url: str, api_key: str, model: str):
         self.url = url.rstrip("/")

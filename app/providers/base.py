@@ -66,6 +66,7 @@ class Provider(Protocol):
     """A model provider: builds the streaming request and parses its body."""
 
     name: str
+    prefill: bool  # continues a final assistant turn natively (see app/conversations.py)
 
     def build_call(self, messages: list[Message]) -> ProviderCall:
         """The streaming HTTP request for this conversation."""

@@ -10,6 +10,7 @@ class OllamaProvider:
     """Speaks `/api/chat`; the final line (`done: true`) carries the token counts."""
 
     name = "ollama"
+    prefill = False
 
     def __init__(self, url: str, api_key: str, model: str):
         self.url = url.rstrip("/")

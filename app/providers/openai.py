@@ -12,6 +12,7 @@ class OpenAIProvider:
     """Speaks `POST {url}/chat/completions` with `stream: true`."""
 
     name = "openai"
+    prefill = False
 
     def __init__(self, url: str, api_key: str, model: str):
         self.url = url.rstrip("/")

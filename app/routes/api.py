@@ -5,9 +5,12 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from app import conversations as history
 from app import sse
 from app.errors import ApiError, register_json_errors
 from app.providers.base import Message
+from app.store import Conflict
+from app.streaming import Generation, new_generation_id
 
 api = Blueprint("stopwire_api", __name__)
 register_json_errors(api)
@@ -18,27 +21,56 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @api.post("/chat")
 def chat() -> Response:
-    """Stream an answer to `{"content": str}` or `{"messages": [...]}` as SSE."""
-    body = _json_body(required=True)
-    if body.get("conversation_id") is not None:
-        raise ApiError(404, "unknown conversation_id")
+    """Stream an answer as SSE.
+
+    `{"content", "conversation_id"?}` saves both turns in a conversation (a new one
+    without an id); `{"messages": [...]}` is for callers that keep their own history
+    and saves nothing.
+    """
+    body = json_body(required=True)
     stopwire = current_app.extensions["stopwire"]
-    meta = {"conversation_id": None, "message_id": None}
-    generation = stopwire.new_generation(_messages(body), meta)
-    # gunicorn's gevent worker exposes the client socket; its sync workers another key.
-    client_sock = request.environ.get("gunicorn.sock") or request.environ.get("gunicorn.socket")
-    frames = sse.encode(stopwire.run(generation, client_sock))
-    return Response(frames, mimetype="text/event-stream", headers=SSE_HEADERS)
+    messages = _messages(body)
+    if "messages" in body:
+        if body.get("conversation_id") is not None:
+            raise ApiError(400, 'send "conversation_id" with "content", not with "messages"')
+        return sse_response(stopwire.new_generation(messages))
+    if not isinstance(body.get("conversation_id", ""), str | None):
+        raise ApiError(400, '"conversation_id" must be a string')
+    generation_id = new_generation_id()
+    try:
+        turn = stopwire.store.begin_turn(
+            body.get("conversation_id"), messages[0].content, stopwire.live_fields(generation_id)
+        )
+    except KeyError:
+        raise ApiError(404, f"no conversation {body['conversation_id']!r}") from None
+    except Conflict as exc:
+        raise ApiError(409, str(exc)) from None
+    saved = stopwire.store.get_conversation(turn["conversation_id"])["messages"]
+    generation = stopwire.new_generation(history.provider_messages(saved), generation_id)
+    return sse_response(generation, turn["conversation_id"], turn["message_id"])
 
 
 @api.post("/generations/<generation_id>/stop")
-def stop(generation_id: str) -> Response | dict[str, Any]:
-    """Stop a generation on whichever worker holds it; its summary is the answer."""
-    body = _json_body(required=False)
+def stop(generation_id: str) -> dict[str, Any]:
+    """Stop a generation on whichever worker holds it; its final summary is the answer.
+
+    A stop that arrives after the client's disconnect already stopped it (the page
+    aborts its fetch and asks to stop at the same moment) is still recorded as the
+    user's, with the text cut to `seen_chars`.
+    """
+    body = json_body(required=False)
     seen_chars = body.get("seen_chars")
     if seen_chars is not None and (type(seen_chars) is not int or seen_chars < 0):
         raise ApiError(400, "seen_chars must be a non-negative integer")
-    summary = current_app.extensions["stopwire"].stop(generation_id)
+    stopwire = current_app.extensions["stopwire"]
+    summary = stopwire.stop(generation_id, seen_chars)
+    if summary is None or (summary["status"], summary["reason"]) == (
+        "stopped",
+        "client_disconnect",
+    ):
+        message = stopwire.store.amend_stop(generation_id, seen_chars)
+        if message is not None:
+            summary = message_summary(message)
     if summary is None:
         raise ApiError(404, f"no generation {generation_id!r}")
     return summary
@@ -55,15 +87,34 @@ def not_found(path: str) -> Response:
     raise NotFound(f"no API endpoint {request.method} {request.path}")
 
 
-def _routes_elsewhere(adapter: Any, method: str) -> bool:
-    try:
-        endpoint, _ = adapter.match(method=method)
-    except HTTPException:
-        return False
-    return endpoint != request.endpoint
+def sse_response(
+    generation: Generation, conversation_id: str = "", message_id: str = "", prefix: str = ""
+) -> Response:
+    """Stream a generation as SSE, saving it into `message_id` when there is one."""
+    generation.meta.update(conversation_id=conversation_id or None, message_id=message_id or None)
+    # gunicorn's gevent worker exposes the client socket; its sync workers another key.
+    client_sock = request.environ.get("gunicorn.sock") or request.environ.get("gunicorn.socket")
+    stopwire = current_app.extensions["stopwire"]
+    frames = sse.encode(stopwire.run(generation, client_sock, message_id, prefix))
+    return Response(frames, mimetype="text/event-stream", headers=SSE_HEADERS)
 
 
-def _json_body(required: bool) -> dict[str, Any]:
+def message_summary(message: dict[str, Any]) -> dict[str, Any]:
+    """A saved answer in the shape of a `done` event."""
+    summary = {
+        "generation_id": message["generation_id"],
+        "conversation_id": message["conversation_id"],
+        "message_id": message["id"],
+        "status": message["status"],
+        "reason": message["reason"],
+        "usage": message["usage"],
+    }
+    if message["receipt"]:
+        summary["receipt"] = message["receipt"]
+    return summary
+
+
+def json_body(required: bool) -> dict[str, Any]:
     """The request's JSON object; an empty optional body reads as {}."""
     # Per request, so a host app's own MAX_CONTENT_LENGTH stays its own.
     request.max_content_length = current_app.extensions["stopwire"].max_body_bytes
@@ -75,6 +126,14 @@ def _json_body(required: bool) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
+
+
+def _routes_elsewhere(adapter: Any, method: str) -> bool:
+    try:
+        endpoint, _ = adapter.match(method=method)
+    except HTTPException:
+        return False
+    return endpoint != request.endpoint
 
 
 def _messages(body: dict[str, Any]) -> list[Message]:

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class Server:
     def __init__(self, upstream_url: str, workers: int = 1, host_app: str = "", **settings: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.database = Path(tempfile.mkdtemp(prefix="stopwire-test-")) / "stopwire.sqlite3"
         env = {
             **os.environ,
             "STOPWIRE_BIND": f"127.0.0.1:{self.port}",
@@ -72,6 +74,7 @@ class Server:
             "STOPWIRE_PROVIDER_URL": upstream_url,
             "STOPWIRE_GRACEFUL_TIMEOUT": "5",
             "UPSTREAM_URL": upstream_url,
+            "STOPWIRE_DATABASE": str(self.database),
             "PYTHONPATH": str(ROOT),
             **settings,
         }

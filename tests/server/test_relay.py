@@ -46,7 +46,9 @@ def test_meta_comes_first_with_an_unguessable_id(server):
     conn = open_stream(server.url, f"{marker()} [demo tokens=1]")
     generation_id = conn.meta["generation_id"]
     assert generation_id.startswith("gen_") and len(generation_id) >= 20
-    assert conn.meta["conversation_id"] is None and conn.meta["message_id"] is None
+    assert conn.meta["conversation_id"].startswith("conv_")
+    assert conn.meta["message_id"].startswith("msg_")
+    assert len({generation_id, conn.meta["conversation_id"], conn.meta["message_id"]}) == 3
     conn.events()
 
 

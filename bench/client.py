@@ -1,0 +1,105 @@
+"""A raw-socket HTTP/SSE client that can leave by FIN or RST at a moment it records.
+
+`requests` cannot say when its socket closed, nor abort with RST; this client owns
+its socket, so the benchmark knows the exact `time.monotonic()` just before close.
+"""
+
+import json
+import socket
+import struct
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+CLOSES = ("fin", "rst")
+
+
+class Stream:
+    """One POST whose chunked SSE response is read frame by frame."""
+
+    def __init__(self, base_url: str, path: str, body: dict, timeout: float = 30.0):
+        parts = urlsplit(base_url)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        payload = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + payload)
+        self._raw = b""
+        self._body = b""
+        self._head_read = False
+        self.finished = False
+
+    def read_frames(self, count: int, wanted: Callable[[bytes], bool]) -> None:
+        """Read until `count` frames for which `wanted(frame)` is true have arrived.
+
+        The response head is read here, not on open: many streams can be opened
+        first and read afterwards, even from a server that answers only once the
+        provider's first token is in (the baseline).
+        """
+        if not self._head_read:
+            self._read_head()
+        seen = 0
+        while seen < count:
+            while b"\n\n" not in self._body:
+                if self.finished:
+                    raise EOFError(f"the stream ended after {seen} of {count} frames")
+                self._recv()
+                self._dechunk()
+            frame, self._body = self._body.split(b"\n\n", 1)
+            seen += wanted(frame)
+
+    def read_to_end(self) -> None:
+        """Read the whole response."""
+        if not self._head_read:
+            self._read_head()
+        while not self.finished:
+            self._recv()
+            self._dechunk()
+
+    def close(self, how: str) -> float:
+        """Close by FIN (plain close) or RST (SO_LINGER 0); returns the monotonic moment.
+
+        Linux answers close() with RST, not FIN, while received bytes sit unread, so a
+        FIN close first reads whatever has arrived, as a browser would have.
+        """
+        if how == "fin":
+            self._drain()
+        else:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        at = time.monotonic()
+        self.sock.close()
+        return at
+
+    def _read_head(self) -> None:
+        while b"\r\n\r\n" not in self._raw:
+            self._recv()
+        head, self._raw = self._raw.split(b"\r\n\r\n", 1)
+        if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
+            raise RuntimeError(f"expected a 200 chunked stream, got {head[:300]!r}")
+        self._head_read = True
+
+    def _drain(self) -> None:
+        self.sock.setblocking(False)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _recv(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError("the server closed the stream")
+        self._raw += data
+
+    def _dechunk(self) -> None:
+        while not self.finished and b"\r\n" in self._raw:
+            size_line, rest = self._raw.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            if len(rest) < size + 2:
+                return
+            self._body += rest[:size]
+            self._raw = rest[size + 2 :]
+            self.finished = size == 0

@@ -1,0 +1,115 @@
+"""The processes a benchmark runs: the demo provider and two gunicorn servers.
+
+Each runs in its own process group (start_new_session) so closing it kills the
+whole group: gunicorn's master and its worker, and nothing we did not start.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+class Process:
+    """A child process in a group of its own, with its output in bench/results/."""
+
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, pipe: bool = False
+    ):
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.log = open(RESULTS / f"{name}.log", "w")  # noqa: SIM115 - closed in close()
+        self.process = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE if pipe else self.log,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,
+        )
+
+    def close(self) -> None:
+        """SIGTERM the group, SIGKILL it if it lingers."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self.log.close()
+
+
+class Demo(Process):
+    """The demo provider; its records are the provider's own account of each stream."""
+
+    def __init__(self):
+        super().__init__("demo", ["-m", "app.demo", "--port", "0"], pipe=True)
+        self.url = self.process.stdout.readline().strip()  # the first line is its URL
+        if not self.url.startswith("http://"):
+            raise RuntimeError("the demo provider did not start")
+        self.base = self.url.removesuffix("/v1")
+
+    def records(self) -> list[dict]:
+        """Every stream record the provider kept since the last `clear()`."""
+        return requests.get(f"{self.base}/demo/streams", timeout=10).json()["streams"]
+
+    def clear(self) -> None:
+        """Forget the records, so each batch polls a short list."""
+        requests.delete(f"{self.base}/demo/streams", timeout=10)
+
+
+class Gunicorn(Process):
+    """gunicorn with one gevent worker on a free loopback port."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], port: int):
+        super().__init__(name, ["-m", "gunicorn", *args], env)
+        self.url = f"http://127.0.0.1:{port}"
+        wait_for_port(port, self.process)
+
+
+def stopwire(provider_url: str) -> Gunicorn:
+    """Stopwire as it ships: `gunicorn -c gunicorn.conf.py`, one worker."""
+    port = free_port()
+    env = {
+        "STOPWIRE_BIND": f"127.0.0.1:{port}",
+        "STOPWIRE_WORKERS": "1",
+        "STOPWIRE_PROVIDER_URL": provider_url,
+    }
+    return Gunicorn("stopwire", ["-c", "gunicorn.conf.py"], env, port)
+
+
+def baseline(provider_url: str) -> Gunicorn:
+    """The plain relay under the same gevent worker, one of it."""
+    port = free_port()
+    args = ["-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}", "bench.baseline_relay:app"]
+    return Gunicorn("baseline", args, {"BASELINE_PROVIDER_URL": provider_url}, port)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Wait until something accepts on `port`; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}; see bench/results/")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout}s")
