@@ -5,10 +5,12 @@ whole group: gunicorn's master and its worker, and nothing we did not start.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +31,7 @@ class Process:
         self.process = subprocess.Popen(
             [sys.executable, *args],
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            env={**inherited_env(), **(env or {})},
             stdout=subprocess.PIPE if pipe else self.log,
             stderr=self.log,
             text=True,
@@ -70,21 +72,35 @@ class Demo(Process):
 class Gunicorn(Process):
     """gunicorn with one gevent worker on a free loopback port."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], port: int):
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], port: int, scratch: str = ""
+    ):
+        self.scratch = scratch  # a directory of ours, removed on close
         super().__init__(name, ["-m", "gunicorn", *args], env)
         self.url = f"http://127.0.0.1:{port}"
         wait_for_port(port, self.process)
 
+    def close(self) -> None:
+        """Stop the server, then remove its scratch directory."""
+        super().close()
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
 
 def stopwire(provider_url: str) -> Gunicorn:
-    """Stopwire as it ships: `gunicorn -c gunicorn.conf.py`, one worker."""
+    """Stopwire as it ships: `gunicorn -c gunicorn.conf.py`, one worker.
+
+    Its conversations go to a fresh database of our own, not the instance folder's.
+    """
     port = free_port()
+    scratch = tempfile.mkdtemp(prefix="stopwire-bench-")
     env = {
         "STOPWIRE_BIND": f"127.0.0.1:{port}",
         "STOPWIRE_WORKERS": "1",
         "STOPWIRE_PROVIDER_URL": provider_url,
+        "STOPWIRE_DATABASE": os.path.join(scratch, "stopwire.sqlite3"),
     }
-    return Gunicorn("stopwire", ["-c", "gunicorn.conf.py"], env, port)
+    return Gunicorn("stopwire", ["-c", "gunicorn.conf.py"], env, port, scratch)
 
 
 def baseline(provider_url: str) -> Gunicorn:
@@ -92,6 +108,11 @@ def baseline(provider_url: str) -> Gunicorn:
     port = free_port()
     args = ["-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}", "bench.baseline_relay:app"]
     return Gunicorn("baseline", args, {"BASELINE_PROVIDER_URL": provider_url}, port)
+
+
+def inherited_env() -> dict[str, str]:
+    """Our environment without STOPWIRE_* settings: the bench sets the ones it measures."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("STOPWIRE_")}
 
 
 def free_port() -> int:

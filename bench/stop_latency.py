@@ -52,7 +52,9 @@ PACED = Scenario("paced", "20 ms/token", "[demo ttft=0.02 tokens=400 gap=0.02]",
 SILENT = Scenario(
     "silent", "provider silent 10 s", "[demo ttft=0.02 tokens=50 gap=0.01 silence=3:10]", 3, 0.2
 )
-CROWD = Scenario("crowd", "streams at once", "[demo ttft=0.02 tokens=1000 gap=0.05]", 1)
+CROWD = Scenario(
+    "crowd", "streams at once, 50 ms/token", "[demo ttft=0.02 tokens=1000 gap=0.05]", 1
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class System:
     url: str
     path: str
     is_token: Callable[[bytes], bool]
+    silence_in_parallel: bool = False  # each silent trial lasts the whole silence
 
     def open(self, content: str) -> Stream:
         """Start one stream (the request is sent; nothing is read yet)."""
@@ -207,6 +210,7 @@ class Row:
     close: str
     system: str
     samples: list[Sample]
+    parallel: bool = False  # the trials ran at the same time, not one after another
 
     def latencies(self) -> list[float]:
         """Latencies of the trials where the provider saw the client leave."""
@@ -247,6 +251,8 @@ def table(rows: list[Row]) -> str:
         trials = str(s["trials"])
         if s["measured"] != s["trials"]:
             trials += f" ({s['trials'] - s['measured']} not closed)"
+        if row.parallel:
+            trials += " in parallel"
         ratio = ""
         ours = p99.get((row.scenario, row.close, "Stopwire"))
         if row.system == "baseline" and ours and s["p99_ms"] is not None:
@@ -296,6 +302,11 @@ def machine_line(info: dict) -> str:
     )
 
 
+def load_line(load: tuple[float, float, float]) -> str:
+    """A load average as three numbers."""
+    return " ".join(f"{x:.2f}" for x in load)
+
+
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -304,43 +315,45 @@ def measure(systems: list[System], demo: servers.Demo, trials: int, streams: int
     rows = []
     for how in CLOSES:
         for system in systems:
-            rows.append(
-                Row(PACED.title, how, system.name, sequential(system, demo, PACED, how, trials))
-            )
+            samples = sequential(system, demo, PACED, how, trials)
+            rows.append(Row(PACED.title, how, system.name, samples))
+    silent = {}
     for system in systems:
-        if system.name == "baseline":
-            by_close = concurrent(system, demo, SILENT, trials)
-            rows += [Row(SILENT.title, how, system.name, by_close[how]) for how in CLOSES]
+        if system.silence_in_parallel:
+            silent[system.name] = concurrent(system, demo, SILENT, trials)
         else:
-            rows += [
-                Row(SILENT.title, how, system.name, sequential(system, demo, SILENT, how, trials))
-                for how in CLOSES
-            ]
-    title = f"{streams} {CROWD.title} (50 ms/token)"
+            silent[system.name] = {
+                how: sequential(system, demo, SILENT, how, trials) for how in CLOSES
+            }
+    for how in CLOSES:
+        for system in systems:
+            samples = silent[system.name][how]
+            rows.append(Row(SILENT.title, how, system.name, samples, system.silence_in_parallel))
+    crowd_title = f"{streams} {CROWD.title}"
     for system in systems:
-        rows.append(Row(title, "fin", system.name, crowd(system, demo, streams, "fin")))
-    rows.sort(key=lambda r: ([PACED.title, SILENT.title, title].index(r.scenario), r.close))
+        rows.append(Row(crowd_title, "fin", system.name, crowd(system, demo, streams, "fin")))
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Start the provider and both relays, measure, print, save, and stop what we started."""
     parser = argparse.ArgumentParser(prog="python -m bench.stop_latency", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a small smoke run (< 60 s)")
     parser.add_argument("--trials", type=int, help="trials per scenario, close and system")
     parser.add_argument("--crowd", type=int, help="streams open at once in the last scenario")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     trials = args.trials or (5 if args.quick else 100)
     streams = args.crowd or (20 if args.quick else 200)
 
     started = time.monotonic()
+    load_before = os.getloadavg()  # other work on the host skews milliseconds: say so
     demo = servers.Demo()
     relays: list[servers.Gunicorn] = []
     try:
         relays = [servers.stopwire(demo.url), servers.baseline(demo.url)]
         systems = [
             System("Stopwire", relays[0].url, "/api/chat", stopwire_token),
-            System("baseline", relays[1].url, "/chat", openai_token),
+            System("baseline", relays[1].url, "/chat", openai_token, silence_in_parallel=True),
         ]
         for system in systems:
             warm_up(system, demo)
@@ -351,20 +364,24 @@ def main() -> None:
 
     info = machine()
     print(f"# Stop latency ({'quick' if args.quick else 'full'} run)\n")
-    print(f"Machine: {machine_line(info)}\n")
+    print(f"Machine: {machine_line(info)}")
+    load = {"start": load_before, "end": os.getloadavg()}
+    print(f"Load average (1, 5, 15 min): {load_line(load['start'])} at start, ", end="")
+    print(f"{load_line(load['end'])} at end\n")
     print(table(rows))
     print("\nstop latency: the provider saw its client close, minus the client's close;")
     print(f"p99 is nearest-rank. Run took {time.monotonic() - started:.0f} s.")
-    path = save(info, rows, args.quick, trials, streams)
+    path = save(info, load, rows, args.quick, trials, streams)
     print(f"JSON: {path.relative_to(servers.ROOT)}")
 
 
-def save(info: dict, rows: list[Row], quick: bool, trials: int, streams: int) -> Path:
+def save(info: dict, load: dict, rows: list[Row], quick: bool, trials: int, streams: int) -> Path:
     """Write everything, raw samples included, to bench/results/stop_latency-<time>.json."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = servers.RESULTS / f"stop_latency-{stamp}.json"
     report = {
         "machine": info,
+        "load_average": load,
         "quick": quick,
         "trials": trials,
         "crowd_streams": streams,

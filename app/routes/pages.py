@@ -3,24 +3,30 @@
 import gc
 import os
 
-from flask import Blueprint, current_app
+from flask import Blueprint, Response, current_app
 from greenlet import greenlet
 
 pages = Blueprint("pages", __name__)
 
-NOTICE = """<!doctype html>
-<html lang="en"><meta charset="utf-8"><title>Stopwire</title>
-<h1>Stopwire</h1>
-<p>The chat page is on its way. The API is live: <code>POST /api/chat</code> streams an
-answer as server-sent events, <code>POST /api/generations/&lt;id&gt;/stop</code> stops it.</p>
-</html>
-"""
+# The page loads only its own files and talks only to its own origin: even if
+# model output ever reached the DOM as markup, no inline script could run.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 @pages.get("/")
-def index() -> tuple[str, int, dict[str, str]]:
-    """A short notice until the chat page lands."""
-    return NOTICE, 200, {"Content-Type": "text/html; charset=utf-8"}
+def index() -> Response:
+    """The chat page (plain HTML, CSS and ES modules from app/static)."""
+    response = current_app.send_static_file("index.html")
+    response.headers.update(PAGE_HEADERS)
+    return response
 
 
 @pages.get("/healthz")

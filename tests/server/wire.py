@@ -61,6 +61,7 @@ class Connection:
 
     def next_event(self) -> Event | None:
         """The next SSE frame, or None at the end of the response."""
+        self._dechunk()  # the head's packet may have carried the first chunks
         while b"\n\n" not in self._body:
             if self.finished:
                 return None

@@ -1,0 +1,425 @@
+// The page's behaviour: conversations, sending, streaming and an honest Stop.
+//
+// One run per request, each with its own AbortController: a run only ever aborts
+// itself, so a late timer or answer of an older run cannot touch a newer one.
+
+import * as api from "./api.js";
+import { View, describe } from "./view.js";
+
+// After Stop the stream is aborted once the stop request has answered (so the
+// server records the user's stop, not a disconnect), or after this long.
+const ABORT_GRACE_MS = 1000;
+// A turn right after a stop waits (at most this long) for the stop to be recorded.
+const SETTLE_WAIT_MS = 3000;
+const PAGE_SIZE = 50;
+const TITLE_CHARS = 60;
+
+const view = new View();
+
+const state = {
+  conversationId: null, // the conversation shown, once the server has named it
+  title: "",
+  conversations: [], // [{id, title}], newest first
+  next: null, // cursor for older conversations
+  listAvailable: true, // false when this server keeps no conversations
+  entries: new Map(), // message key -> entry
+  run: null, // the answer streaming now
+  settling: null, // the last stop request, which a new turn waits for
+  screen: 0, // bumped on every switch, so late answers for an old screen go nowhere
+};
+
+let lastKey = 0;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Characters as the server counts them (code points, not UTF-16 units). */
+function codePoints(text) {
+  let count = 0;
+  for (const _ of text) count += 1;
+  return count;
+}
+
+function titleFor(content) {
+  return content.split(/\s+/).filter(Boolean).join(" ").slice(0, TITLE_CHARS);
+}
+
+// -- messages -------------------------------------------------------------------
+
+function addEntry(role, fields) {
+  const key = String(++lastKey);
+  const entry = {
+    key,
+    role,
+    content: "",
+    status: "complete",
+    messageId: null,
+    conversationId: null,
+    prompt: "",
+    ...fields,
+  };
+  entry.view = view.addMessage(key, role, entry.content);
+  state.entries.set(key, entry);
+  return entry;
+}
+
+function actionsFor(entry) {
+  if (entry.status === "error") return ["retry"];
+  if (entry.status === "stopped" || entry.status === "interrupted") {
+    // Continue needs the saved message; without a store only Regenerate can work.
+    return entry.messageId ? ["regenerate", "continue"] : ["regenerate"];
+  }
+  return [];
+}
+
+function showEntry(entry, summary) {
+  entry.view.show(entry.status, { detail: describe(summary), actions: actionsFor(entry) });
+}
+
+// -- one streamed answer ----------------------------------------------------------
+
+async function send(content) {
+  if (!content.trim() || state.run) return;
+  view.clearInput();
+  if (!state.title) {
+    state.title = titleFor(content);
+    view.setTitle(state.title);
+  }
+  addEntry("user", { content });
+  const answer = addEntry("assistant", { prompt: content, status: "streaming" });
+  const conversationId = state.conversationId;
+  const body = conversationId ? { content, conversation_id: conversationId } : { content };
+  renderList();
+  await stream(answer, (signal) => api.chat(body, signal), { keep: false });
+}
+
+/** Stream an answer into `entry`; `keep` its text (continue) or replace it. */
+async function stream(entry, start, { keep }) {
+  const run = {
+    entry,
+    keep,
+    screen: state.screen,
+    controller: new AbortController(),
+    generationId: null,
+    shown: 0, // characters of this generation shown: what `seen_chars` counts
+    stopped: false,
+    held: "", // tokens that arrived after Stop: shown only if the server says complete
+    error: null,
+    summary: null,
+  };
+  state.run = run;
+  view.setBusy(true);
+  entry.status = "streaming";
+  entry.view.show("streaming", { actions: [] });
+  view.announce("Writing an answer.");
+  try {
+    if (state.settling) await Promise.race([state.settling, sleep(SETTLE_WAIT_MS)]);
+    for await (const event of retryConflict(start, run.controller.signal)) {
+      if (event.type === "meta") onMeta(run, event.data);
+      else if (event.type === "token") onToken(run, event.data.text);
+      else if (event.type === "error") run.error = event.data.error;
+      else if (event.type === "done") finish(run, event.data);
+    }
+    if (!run.summary && !run.stopped) finish(run, failure(new TypeError("stream ended")));
+  } catch (error) {
+    // After Stop an AbortError is the expected end; the stop request reports the outcome.
+    if (!run.stopped) finish(run, failure(error));
+  } finally {
+    if (state.run === run) {
+      state.run = null;
+      view.setBusy(false);
+    }
+  }
+}
+
+/** A 409 right after a stop is transient: the previous answer is still being saved. */
+async function* retryConflict(start, signal) {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      yield* start(signal);
+      return;
+    } catch (error) {
+      if (error.status !== 409 || attempt >= 3) throw error;
+      await sleep(200 * attempt);
+    }
+  }
+}
+
+function onMeta(run, meta) {
+  const { entry } = run;
+  run.generationId = meta.generation_id;
+  if (meta.message_id) entry.messageId = meta.message_id;
+  if (meta.conversation_id) entry.conversationId = meta.conversation_id;
+  if (!run.keep) {
+    entry.content = "";
+    entry.view.setText("");
+  }
+  if (meta.conversation_id && run.screen === state.screen) {
+    if (state.conversationId !== meta.conversation_id) {
+      state.conversationId = meta.conversation_id;
+      setHash(meta.conversation_id);
+      refreshList();
+    }
+  }
+}
+
+function onToken(run, text) {
+  if (run.stopped && run.summary?.status !== "complete") {
+    run.held += text;
+    return;
+  }
+  run.entry.content += text;
+  run.entry.view.append(text);
+  run.shown += codePoints(text);
+  view.scrollToEnd();
+}
+
+/** The run's outcome: the first summary decided (done event or stop answer) stands. */
+function finish(run, summary) {
+  if (run.summary) return;
+  run.summary = summary;
+  const { entry } = run;
+  if (summary.status === "complete" && run.held) {
+    // The stop lost the race: the answer was already complete, so show all of it.
+    entry.content += run.held;
+    entry.view.append(run.held);
+    run.held = "";
+  }
+  const error = summary.error || run.error;
+  entry.status = summary.status;
+  showEntry(entry, { ...summary, error });
+  view.announce(announcement(summary.status, describe({ ...summary, error })));
+  if (summary.status !== "streaming" && run.screen === state.screen && state.conversationId) {
+    refreshList();
+  }
+}
+
+function announcement(status, detail) {
+  if (status === "complete") return "Answer complete.";
+  if (status === "stopped") return `Stopped. ${detail}`;
+  if (status === "error") return `Error: ${detail}`;
+  return detail;
+}
+
+function failure(error) {
+  if (error instanceof api.ApiError) {
+    return { status: "error", reason: error.type, error: { type: error.type, message: error.message } };
+  }
+  if (error instanceof SyntaxError) {
+    const message = "The server sent an event this page could not read.";
+    return { status: "error", reason: "bad_event", error: { type: "bad_event", message } };
+  }
+  const message = navigator.onLine
+    ? "The connection to the server was lost before the answer finished."
+    : "You are offline: the answer stopped where the connection dropped.";
+  return { status: "error", reason: "connection_lost", error: { type: "connection_lost", message } };
+}
+
+/** Stop the running answer: swap the button now, tell the server what was shown. */
+function stop() {
+  const run = state.run;
+  if (!run) return;
+  state.run = null;
+  run.stopped = true;
+  view.setBusy(false);
+  run.entry.status = "stopped";
+  run.entry.view.show("stopped", { detail: "Waiting for the server's receipt…", actions: [] });
+  const abort = () => run.controller.abort();
+  if (!run.generationId) {
+    // Nothing to name yet: closing the connection is the stop the server sees.
+    abort();
+    finish(run, { status: "stopped", reason: "user_stop" });
+    return;
+  }
+  setTimeout(abort, ABORT_GRACE_MS);
+  state.settling = api.stopGeneration(run.generationId, run.shown).then(
+    (summary) => {
+      finish(run, summary);
+      // Complete means the last tokens are on their way: let the stream deliver them.
+      if (summary.status !== "complete") abort();
+    },
+    (error) => {
+      abort();
+      finish(run, { status: "stopped", reason: "user_stop", error: failure(error).error });
+    },
+  );
+}
+
+/** The browser lost its network: the answer cannot arrive, so give the stream up now.
+ * Closing it also frees the server at once if the connection itself survived. */
+function onOffline() {
+  const run = state.run;
+  if (!run) return;
+  state.run = null;
+  view.setBusy(false);
+  run.controller.abort();
+  finish(run, failure(new TypeError("offline")));
+}
+
+function onPageHide() {
+  const run = state.run;
+  if (run && run.generationId && !run.stopped) api.beaconStop(run.generationId, run.shown);
+}
+
+function act(action, key) {
+  const entry = state.entries.get(key);
+  if (!entry || state.run) return;
+  const { conversationId, messageId } = entry;
+  if (action === "continue" && messageId) {
+    stream(entry, (signal) => api.continueMessage(conversationId, messageId, signal), {
+      keep: true,
+    });
+  } else if (action === "regenerate" || action === "retry") {
+    const start =
+      conversationId && messageId
+        ? (signal) => api.regenerate(conversationId, messageId, signal)
+        : (signal) => api.chat(chatBody(entry.prompt), signal);
+    stream(entry, start, { keep: false });
+  }
+}
+
+function chatBody(content) {
+  return state.conversationId ? { content, conversation_id: state.conversationId } : { content };
+}
+
+// -- conversations ------------------------------------------------------------------
+
+function hashId() {
+  const match = /^#\/c\/(.+)$/.exec(location.hash);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+function setHash(id) {
+  history.replaceState(null, "", id ? `#/c/${encodeURIComponent(id)}` : location.pathname);
+}
+
+function clearScreen() {
+  if (state.run) stop();
+  state.screen += 1;
+  state.entries.clear();
+  view.clearMessages();
+}
+
+function newChat() {
+  clearScreen();
+  state.conversationId = null;
+  state.title = "";
+  view.setTitle("");
+  setHash(null);
+  renderList();
+  view.focusInput();
+}
+
+async function openConversation(id) {
+  if (!id || id === state.conversationId) return;
+  clearScreen();
+  const screen = state.screen;
+  let conversation;
+  try {
+    conversation = await api.getConversation(id);
+  } catch (error) {
+    if (screen !== state.screen) return;
+    newChat();
+    view.announce(
+      error.status === 404 ? "That conversation no longer exists." : `Could not open it: ${error.message}`,
+    );
+    return;
+  }
+  if (screen !== state.screen) return;
+  state.conversationId = id;
+  state.title = conversation.title;
+  view.setTitle(conversation.title);
+  let prompt = "";
+  for (const message of conversation.messages) {
+    if (message.role === "user") prompt = message.content;
+    const entry = addEntry(message.role, {
+      content: message.content,
+      status: message.status,
+      messageId: message.id,
+      conversationId: id,
+      prompt,
+    });
+    if (message.role === "assistant") showEntry(entry, message);
+  }
+  setHash(id);
+  renderList();
+}
+
+async function removeConversation(id) {
+  if (!id) return;
+  try {
+    if (id === state.conversationId && state.run) stop();
+    await api.deleteConversation(id);
+  } catch (error) {
+    if (error.status !== 404) {
+      view.announce(`Could not delete it: ${error.message}`);
+      return;
+    }
+  }
+  state.conversations = state.conversations.filter((c) => c.id !== id);
+  if (id === state.conversationId) newChat();
+  renderList();
+  view.announce("Conversation deleted.");
+}
+
+async function refreshList() {
+  try {
+    const page = await api.listConversations({ limit: PAGE_SIZE });
+    state.conversations = page.conversations;
+    state.next = page.next;
+    state.listAvailable = true;
+  } catch (error) {
+    // A server without a store answers 404: show this page's conversation only.
+    state.listAvailable = !(error.status === 404 || error.status === 405);
+  }
+  renderList();
+}
+
+async function loadMore() {
+  if (!state.next) return;
+  try {
+    const page = await api.listConversations({ limit: PAGE_SIZE, before: state.next });
+    const known = new Set(state.conversations.map((c) => c.id));
+    state.conversations.push(...page.conversations.filter((c) => !known.has(c.id)));
+    state.next = page.next;
+  } catch (error) {
+    view.announce(`Could not load more: ${error.message}`);
+  }
+  renderList();
+}
+
+function renderList() {
+  if (!state.listAvailable) {
+    const items = state.title ? [{ id: state.conversationId || "", title: state.title }] : [];
+    const note = "This server does not keep conversations: only this page's chat is listed.";
+    view.renderConversations(items, state.conversationId || "", { note });
+    return;
+  }
+  const items = [...state.conversations];
+  if (state.conversationId && !items.some((c) => c.id === state.conversationId)) {
+    items.unshift({ id: state.conversationId, title: state.title });
+  }
+  view.renderConversations(items, state.conversationId, { hasMore: Boolean(state.next) });
+}
+
+// -- start ----------------------------------------------------------------------------
+
+view.bindComposer({ send, stop });
+view.bindEscape(stop);
+view.bindMessageActions(act);
+view.bindConversations({
+  open: openConversation,
+  remove: removeConversation,
+  create: newChat,
+  more: loadMore,
+});
+addEventListener("pagehide", onPageHide);
+addEventListener("offline", onOffline);
+addEventListener("hashchange", () => {
+  const id = hashId();
+  if (id) openConversation(id);
+  else if (state.conversationId) newChat();
+});
+view.setBusy(false);
+view.focusInput();
+refreshList();
+openConversation(hashId());

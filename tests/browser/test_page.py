@@ -1,0 +1,435 @@
+"""The chat page in real Chromium against a real gunicorn and the demo provider.
+
+The provider's own records (when its client left, when each token was made) are the
+evidence that a stop really stopped the model; bounds are generous for slow CI machines.
+"""
+
+import os
+import re
+import time
+from pathlib import Path
+
+import requests
+from playwright.sync_api import Page, expect
+from support import (
+    HEARTBEAT_S,
+    ROOT,
+    Server,
+    Upstream,
+    free_port,
+    marker,
+    open_page,
+    tokens_after,
+    wait_until,
+)
+
+SOON_S = 1.0  # "closed at once", generously
+RECEIPT = re.compile(r"^provider closed \d+(\.\d)? ms after Stop · 0 tokens after Stop$")
+LONG = "[demo tokens=400 gap=0.04]"  # about 16 s: always still running when we stop it
+SHORT = "[demo tokens=6 gap=0.01]"
+
+
+def send(page: Page, text: str) -> None:
+    box = page.get_by_role("textbox", name="Message")
+    box.fill(text)
+    box.press("Enter")
+
+
+def answer(page: Page):
+    return page.locator("#messages .message.assistant").last
+
+
+def answer_text(page: Page) -> str:
+    return answer(page).locator(".message-text").text_content()
+
+
+def wait_words(page: Page, count: int) -> None:
+    """Wait until the newest answer shows at least `count` words."""
+    page.wait_for_function(
+        """count => {
+            const texts = document.querySelectorAll("#messages .assistant .message-text");
+            const last = texts[texts.length - 1];
+            return last && last.textContent.split(/\\s+/).filter(Boolean).length >= count;
+        }""",
+        arg=count,
+    )
+
+
+def expect_idle(page: Page) -> None:
+    """The composer is back: Send, not Stop."""
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    expect(page.get_by_role("button", name="Stop generating")).to_have_count(0)
+
+
+def stop_and_check(page: Page, upstream: Upstream, prompt: str, stop) -> tuple[str, dict]:
+    """Stop the running answer with `stop()`; check the page and the provider's record.
+
+    Returns the text shown and the stop request's JSON body.
+    """
+    with page.expect_request(lambda r: r.url.endswith("/stop")) as stop_request:
+        stopped_at = time.monotonic()
+        stop()
+    message = answer(page)
+    expect(message.locator(".badge")).to_have_text("Stopped")
+    expect_idle(page)
+    expect(message.locator(".message-detail")).to_have_text(RECEIPT)
+    shown = answer_text(page)
+    body = stop_request.value.post_data_json
+    assert body == {"seen_chars": len(shown)}
+    time.sleep(0.3)
+    assert answer_text(page) == shown, "text kept arriving after Stop"
+    record = upstream.ended(prompt)
+    assert record["ended"] == "client_closed"
+    assert record["client_closed_at"] - stopped_at < SOON_S
+    # The receipt says the provider made nothing after the stop; its own record agrees,
+    # and at most the one token in flight at the click was made and never shown.
+    assert tokens_after(record, record["client_closed_at"]) == 0
+    assert record["tokens_sent"] <= len(shown.split()) + 1
+    return shown, body
+
+
+def test_the_page_is_served_with_a_strict_content_policy(server):
+    page = requests.get(server.url, timeout=5)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert '<script type="module" src="static/app.js">' in page.text
+    for name in ("app.js", "api.js", "view.js", "style.css"):
+        assert requests.get(f"{server.url}/static/{name}", timeout=5).status_code == 200
+    assert requests.get(f"{server.url}/healthz", timeout=5).json()["status"] == "ok"
+
+
+def test_enter_sends_and_shift_enter_starts_a_new_line(page, upstream):
+    prompt = marker()
+    box = page.get_by_role("textbox", name="Message")
+    box.type(f"{prompt} line one")
+    box.press("Shift+Enter")
+    box.type(f"line two {SHORT}")
+    assert box.input_value() == f"{prompt} line one\nline two {SHORT}"
+    expect(page.locator("#messages .message")).to_have_count(0)
+    box.press("Enter")
+    user = page.locator("#messages .message.user").last
+    expect(user.locator(".message-text")).to_have_text(f"{prompt} line one\nline two {SHORT}")
+    expect(box).to_have_value("")
+    expect(answer(page)).to_have_attribute("data-status", "complete")
+    assert len(answer_text(page).split()) == 6
+    expect(answer(page).locator(".message-state")).to_be_hidden()
+    expect_idle(page)
+    assert upstream.ended(prompt)["ended"] == "complete"
+
+
+def test_stop_keeps_the_text_and_closes_the_provider_at_once(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} {LONG}")
+    stop_button = page.get_by_role("button", name="Stop generating")
+    expect(stop_button).to_be_visible()
+    wait_words(page, 8)
+    shown, _ = stop_and_check(page, upstream, prompt, stop_button.click)
+    assert shown.startswith("A stop button should stop the model")
+    message = answer(page)
+    expect(message.get_by_role("button", name="Regenerate")).to_be_visible()
+    expect(message.get_by_role("button", name="Continue")).to_be_visible()
+    expect(message.get_by_role("button", name="Retry")).to_be_hidden()
+    page.screenshot(path=ROOT / ".pytest_cache" / "stopped.png")
+    if os.environ.get("STOPWIRE_SCREENSHOT"):  # how docs/stopped.png is made
+        Path(os.environ["STOPWIRE_SCREENSHOT"]).parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=os.environ["STOPWIRE_SCREENSHOT"])
+
+
+def test_escape_stops(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} {LONG}")
+    wait_words(page, 5)
+    stop_and_check(page, upstream, prompt, lambda: page.keyboard.press("Escape"))
+
+
+def test_keyboard_only_tab_to_stop_and_press_enter(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} {LONG}")
+    wait_words(page, 3)
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.textContent")
+    assert focused == "Stop generating"
+    stop_and_check(page, upstream, prompt, lambda: page.keyboard.press("Enter"))
+
+
+def test_stop_while_the_provider_is_silent_acts_at_once(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} [demo ttft=30]")
+    upstream.record(prompt)
+    expect(answer(page)).to_have_attribute("data-status", "streaming")
+    time.sleep(0.3)  # the meta event has arrived; the provider says nothing for 30 s
+    shown, body = stop_and_check(
+        page, upstream, prompt, page.get_by_role("button", name="Stop generating").click
+    )
+    assert shown == "" and body == {"seen_chars": 0}
+    assert upstream.ended(prompt)["tokens_sent"] == 0
+
+
+def test_a_stale_stop_never_aborts_the_next_answer(page, upstream):
+    first, second = marker(), marker()
+    send(page, f"{first} {LONG}")
+    wait_words(page, 3)
+    page.keyboard.press("Escape")
+    send(page, f"{second} {LONG}")
+    expect(page.locator("#messages .message.assistant")).to_have_count(2)
+    wait_words(page, 3)
+    time.sleep(1.5)  # past the first run's abort timer
+    expect(answer(page)).to_have_attribute("data-status", "streaming")
+    assert upstream.record(second)["ended"] == "streaming"
+    assert upstream.ended(first)["ended"] == "client_closed"
+    page.keyboard.press("Escape")
+    assert upstream.ended(second)["ended"] == "client_closed"
+
+
+def test_a_provider_error_shows_its_message_and_retry_asks_again(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} [demo status=429]")
+    message = answer(page)
+    expect(message.locator(".badge")).to_have_text("Error")
+    expect(message.locator(".message-detail")).to_contain_text("provider returned HTTP 429")
+    expect_idle(page)
+    retry = message.get_by_role("button", name="Retry")
+    expect(retry).to_be_visible()
+    retry.click()
+    assert wait_until(lambda: len(upstream.streams(prompt)) == 2), "Retry sent nothing"
+    expect(message.locator(".badge")).to_have_text("Error")
+    expect(page.locator("#messages .message.assistant")).to_have_count(1)
+
+
+def test_an_error_mid_stream_keeps_the_partial_text(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} [demo fail=drop:5 gap=0.01]")
+    message = answer(page)
+    expect(message.locator(".badge")).to_have_text("Error")
+    expect(message.locator(".message-detail")).to_contain_text("dropped mid-stream")
+    assert len(answer_text(page).split()) == 5
+    expect(message.get_by_role("button", name="Retry")).to_be_visible()
+
+
+def test_retry_succeeds_once_the_provider_is_back(context, tmp_path):
+    port = free_port()
+    down = Server(
+        f"http://127.0.0.1:{port}/v1", workers=1, STOPWIRE_DATABASE=str(tmp_path / "s.sqlite3")
+    )
+    provider = None
+    try:
+        page = open_page(context, down.url)
+        prompt = marker()
+        send(page, f"{prompt} {SHORT}")
+        message = answer(page)
+        expect(message.locator(".badge")).to_have_text("Error")
+        expect(message.locator(".message-detail")).to_contain_text("cannot reach the provider")
+        provider = Upstream("--port", str(port))
+        message.get_by_role("button", name="Retry").click()
+        expect(message).to_have_attribute("data-status", "complete")
+        expect(message.locator(".message-state")).to_be_hidden()
+        assert len(answer_text(page).split()) == 6
+        assert provider.ended(prompt)["ended"] == "complete"
+        assert page.errors == []
+    finally:
+        if provider is not None:
+            provider.close()
+        down.close()
+
+
+def test_model_output_is_shown_as_text_and_runs_nothing(page, upstream):
+    prompt = marker()
+    payload = (
+        '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+        f"<b>bold</b> {prompt}"
+    )
+    send(page, f"{payload} [demo echo gap=0.005]")
+    expect(answer(page)).to_have_attribute("data-status", "complete")
+    assert answer_text(page) == payload
+    user = page.locator("#messages .message.user").last.locator(".message-text")
+    assert user.text_content() == f"{payload} [demo echo gap=0.005]"
+    time.sleep(0.3)  # an injected image would have failed to load by now
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#messages img, #messages script, #messages b").count() == 0
+    assert page.locator("#conversations img, #conversations script").count() == 0
+    expect(page.locator("#chat-title")).to_contain_text("<img src=x")
+
+
+def test_closing_the_tab_stops_the_provider(context, server, upstream):
+    page = open_page(context, server.url)
+    prompt = marker()
+    send(page, f"{prompt} {LONG}")
+    wait_words(page, 5)
+    conversation_id = page.evaluate("location.hash").removeprefix("#/c/")
+    closed_at = time.monotonic()
+    page.close()
+    record = upstream.ended(prompt)
+    assert record["ended"] == "client_closed"
+    assert record["client_closed_at"] - closed_at < SOON_S
+    assert tokens_after(record, closed_at + SOON_S) == 0
+
+    def saved():
+        url = f"{server.url}/api/conversations/{conversation_id}"
+        message = requests.get(url, timeout=5).json()["messages"][-1]
+        return message if message["status"] != "streaming" else None
+
+    message = wait_until(saved)
+    assert message is not None and message["status"] == "stopped"
+
+
+def test_going_offline_ends_the_stream_within_the_heartbeat(context, page, upstream):
+    # Provider silent after 3 tokens: only heartbeats would cross the wire.
+    prompt = marker()
+    send(page, f"{prompt} [demo tokens=50 gap=0.02 silence=3:30]")
+    wait_words(page, 3)
+    offline_at = time.monotonic()
+    context.set_offline(True)
+    message = answer(page)
+    expect(message.locator(".badge")).to_have_text("Error")
+    expect(message.locator(".message-detail")).to_contain_text("offline")
+    expect(message.get_by_role("button", name="Retry")).to_be_visible()
+    expect_idle(page)
+    record = upstream.ended(prompt)
+    assert record["ended"] == "client_closed"
+    assert record["client_closed_at"] - offline_at < HEARTBEAT_S + SOON_S
+    assert record["tokens_sent"] == 3
+    context.set_offline(False)
+
+
+def test_regenerate_after_stop_replaces_the_answer(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} [demo tokens=40 gap=0.04]")
+    wait_words(page, 4)
+    shown, _ = stop_and_check(page, upstream, prompt, lambda: page.keyboard.press("Escape"))
+    message = answer(page)
+    with page.expect_request(lambda r: r.url.endswith("/regenerate")):
+        message.get_by_role("button", name="Regenerate").click()
+    expect(message).to_have_attribute("data-status", "complete", timeout=10_000)
+    expect(message.locator(".message-state")).to_be_hidden()
+    text = answer_text(page)
+    assert len(text.split()) == 40 and text.startswith(shown)
+    expect(page.locator("#messages .message.assistant")).to_have_count(1)
+    page.reload()
+    expect(answer(page).locator(".message-text")).to_have_text(text)
+    expect(answer(page)).to_have_attribute("data-status", "complete")
+
+
+def test_continue_after_stop_appends_to_the_answer(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} [demo tokens=30 gap=0.04]")
+    wait_words(page, 4)
+    shown, _ = stop_and_check(page, upstream, prompt, lambda: page.keyboard.press("Escape"))
+    message = answer(page)
+    with page.expect_request(lambda r: r.url.endswith("/continue")):
+        message.get_by_role("button", name="Continue").click()
+    expect(message).to_have_attribute("data-status", "complete", timeout=10_000)
+    text = answer_text(page)
+    assert text.startswith(shown) and len(text) > len(shown)
+    page.reload()
+    expect(answer(page).locator(".message-text")).to_have_text(text)
+
+
+def test_stop_during_continue_keeps_exactly_what_was_shown(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} {LONG}")
+    wait_words(page, 4)
+    page.keyboard.press("Escape")
+    expect(answer(page).locator(".message-detail")).to_have_text(RECEIPT)
+    first = answer_text(page)
+    answer(page).get_by_role("button", name="Continue").click()
+    wait_words(page, len(first.split()) + 4)
+    with page.expect_request(lambda r: r.url.endswith("/stop")) as stop_request:
+        page.keyboard.press("Escape")
+    expect(answer(page).locator(".message-detail")).to_have_text(RECEIPT)
+    shown = answer_text(page)
+    # seen_chars counts what this generation showed, after the text it continued.
+    assert stop_request.value.post_data_json == {"seen_chars": len(shown) - len(first)}
+    page.reload()
+    expect(answer(page).locator(".message-text")).to_have_text(shown)
+
+
+def test_reload_restores_the_stopped_message_as_it_was_shown(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} {LONG}")
+    wait_words(page, 6)
+    shown, _ = stop_and_check(page, upstream, prompt, lambda: page.keyboard.press("Escape"))
+    receipt = answer(page).locator(".message-detail").text_content()
+    assert page.evaluate("location.hash").startswith("#/c/conv_")
+    page.reload()
+    message = answer(page)
+    expect(message.locator(".message-text")).to_have_text(shown)
+    expect(message.locator(".badge")).to_have_text("Stopped")
+    expect(message.locator(".message-detail")).to_have_text(receipt)
+    expect(message.get_by_role("button", name="Continue")).to_be_visible()
+    user = page.locator("#messages .message.user .message-text")
+    expect(user).to_have_text(f"{prompt} {LONG}")
+    current = page.locator("#conversations [aria-current=page]")
+    expect(current).to_have_text(f"{prompt} {LONG}")
+
+
+def test_conversations_new_switch_and_delete(page, upstream):
+    alpha, beta = f"alpha {marker()} {SHORT}", f"beta {marker()} {SHORT}"
+    send(page, alpha)
+    expect(answer(page)).to_have_attribute("data-status", "complete")
+    expect(page.locator("#conversations [aria-current=page]")).to_have_text(alpha)
+    page.get_by_role("button", name="New chat").click()
+    expect(page.locator("#messages .message")).to_have_count(0)
+    expect(page.get_by_role("heading", level=1)).to_have_text("New chat")
+    send(page, beta)
+    expect(answer(page)).to_have_attribute("data-status", "complete")
+    listed = page.locator("#conversations .conversation-open")
+    expect(listed.first).to_have_text(beta)
+    expect(listed.nth(1)).to_have_text(alpha)
+
+    page.get_by_role("button", name=alpha, exact=True).click()
+    expect(page.locator("#messages .message.user .message-text")).to_have_text([alpha])
+    expect(page.get_by_role("heading", level=1)).to_have_text(alpha)
+
+    page.get_by_role("button", name=f"Delete “{beta}”").click()
+    expect(page.get_by_role("button", name=beta, exact=True)).to_have_count(0)
+    expect(page.locator("#messages .message.user .message-text")).to_have_text([alpha])
+    page.get_by_role("button", name=f"Delete “{alpha}”").click()
+    expect(page.locator("#messages .message")).to_have_count(0)
+    page.reload()
+    expect(page.get_by_role("button", name=alpha, exact=True)).to_have_count(0)
+    expect(page.get_by_role("button", name=beta, exact=True)).to_have_count(0)
+
+
+def _background(page: Page) -> tuple[int, ...]:
+    color = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    return tuple(int(n) for n in re.findall(r"\d+", color)[:3])
+
+
+def test_narrow_phone_in_dark_mode(browser, server, upstream):
+    context = browser.new_context(
+        viewport={"width": 360, "height": 740}, color_scheme="dark", is_mobile=True
+    )
+    try:
+        page = open_page(context, server.url)
+        assert sum(_background(page)) < 3 * 60, "dark mode is not dark"
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        expect(page.locator("#sidebar")).to_be_hidden()
+        toggle = page.get_by_role("button", name="Conversations")
+        toggle.click()
+        expect(toggle).to_have_attribute("aria-expanded", "true")
+        expect(page.get_by_role("button", name="New chat")).to_be_visible()
+        toggle.click()
+        prompt = marker()
+        send(page, f"{prompt} {LONG}")
+        wait_words(page, 20)
+        page.get_by_role("button", name="Stop generating").click()
+        expect(answer(page).locator(".message-detail")).to_have_text(RECEIPT)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        expect(page.get_by_role("button", name="Send")).to_be_in_viewport()
+        assert page.errors == []
+    finally:
+        context.close()
+
+
+def test_wide_desktop_in_light_mode(browser, server):
+    context = browser.new_context(viewport={"width": 1600, "height": 900}, color_scheme="light")
+    try:
+        page = open_page(context, server.url)
+        assert sum(_background(page)) > 3 * 200, "light mode is not light"
+        expect(page.locator("#sidebar")).to_be_visible()
+        expect(page.get_by_role("button", name="Conversations")).to_be_hidden()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1600
+    finally:
+        context.close()

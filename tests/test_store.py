@@ -1,0 +1,869 @@
+"""SqliteStore and its migrations, on real SQLite files."""
+
+import json
+import sqlite3
+import time
+
+import gevent
+import pytest
+
+from app import migrations, store
+from app.store import SqliteStore, connect
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / "stopwire.sqlite3")
+
+
+@pytest.fixture
+def st(db_path):
+    return SqliteStore(db_path)
+
+
+def raw(path: str) -> sqlite3.Connection:
+    """A second connection to inspect (or age) what the store wrote."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def live(n: int = 1, owner: str = "worker_a", model: str = "demo-model") -> dict:
+    return {"generation_id": f"gen_{n}", "owner": owner, "model": model}
+
+
+def finished(st: SqliteStore, message_id: str, **fields) -> None:
+    st.finish_answer(
+        message_id,
+        {"content": "Done.", "status": "complete", "reason": None, "usage": None, **fields},
+    )
+
+
+def answer_row(path: str, message_id: str) -> sqlite3.Row:
+    return raw(path).execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+
+
+def message(st: SqliteStore, conversation_id: str, message_id: str) -> dict:
+    conversation = st.get_conversation(conversation_id)
+    return next(m for m in conversation["messages"] if m["id"] == message_id)
+
+
+# -- migrations ------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_schema_and_records_each_version(db_path):
+    db = connect(db_path)
+    tables = {
+        r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    }
+    assert tables == {"schema_version", "conversations", "messages", "message_versions"}
+    versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == list(range(1, len(migrations.MIGRATIONS) + 1))
+
+
+def test_migrate_returns_the_number_of_migrations(db_path):
+    db = connect(db_path)
+    assert migrations.migrate(db) == len(migrations.MIGRATIONS) == 1
+
+
+def test_connect_twice_on_one_file_does_not_rerun_migrations(db_path):
+    first = connect(db_path)
+    first.execute(
+        "INSERT INTO conversations (id, title, created_at, updated_at) VALUES ('c', 't', 'x', 'x')"
+    )
+    second = connect(db_path)  # another worker process opening the same file
+    third = connect(db_path)
+    rows = second.execute("SELECT version, COUNT(*) FROM schema_version GROUP BY version")
+    assert [tuple(r) for r in rows] == [(1, 1)]
+    assert [tuple(r) for r in third.execute("SELECT id FROM conversations")] == [("c",)]
+    first.close()
+    second.close()
+    third.close()
+
+
+def test_a_new_migration_is_applied_on_top_of_an_existing_file(db_path, monkeypatch):
+    connect(db_path).close()
+    monkeypatch.setattr(
+        migrations, "MIGRATIONS", [*migrations.MIGRATIONS, "CREATE TABLE extra (x INTEGER)"]
+    )
+    db = connect(db_path)
+    assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [
+        1,
+        2,
+    ]
+    assert db.execute("SELECT COUNT(*) FROM extra").fetchone()[0] == 0
+
+
+def test_a_failing_migration_is_rolled_back_whole(db_path, monkeypatch):
+    connect(db_path).close()
+    broken = "CREATE TABLE half (x INTEGER); INSERT INTO no_such_table VALUES (1)"
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, broken])
+    with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+        connect(db_path)
+    db = raw(db_path)
+    assert [r[0] for r in db.execute("SELECT version FROM schema_version")] == [1]
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchone() is None
+
+
+def test_connection_uses_wal_and_foreign_keys(db_path):
+    db = connect(db_path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS
+
+
+def test_store_file_is_in_wal_mode(st, db_path):
+    st.list_conversations(10)
+    assert raw(db_path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_connect_creates_missing_directories(tmp_path):
+    path = tmp_path / "a" / "b" / "stopwire.sqlite3"
+    connect(str(path)).close()
+    assert path.is_file()
+
+
+# -- begin_turn ------------------------------------------------------------------------
+
+
+def test_begin_turn_creates_a_conversation(st):
+    ids = st.begin_turn(None, "Hello there", live())
+    assert set(ids) == {"conversation_id", "user_id", "message_id"}
+    assert ids["conversation_id"].startswith("conv_")
+    assert ids["user_id"].startswith("msg_")
+    assert ids["message_id"].startswith("msg_")
+    conversation = st.get_conversation(ids["conversation_id"])
+    assert conversation["title"] == "Hello there"
+    user, answer = conversation["messages"]
+    assert {k: user[k] for k in ("id", "role", "content", "status", "generation_id", "model")} == {
+        "id": ids["user_id"],
+        "role": "user",
+        "content": "Hello there",
+        "status": "complete",
+        "generation_id": None,
+        "model": None,
+    }
+    assert {
+        k: answer[k] for k in ("id", "role", "content", "status", "generation_id", "model")
+    } == {
+        "id": ids["message_id"],
+        "role": "assistant",
+        "content": "",
+        "status": "streaming",
+        "generation_id": "gen_1",
+        "model": "demo-model",
+    }
+    assert answer["reason"] is None
+    assert answer["usage"] is None
+    assert answer["receipt"] is None
+
+
+def test_begin_turn_stores_owner_and_heartbeat(st, db_path):
+    before = time.time()
+    ids = st.begin_turn(None, "Hi", live(owner="worker_x"))
+    row = answer_row(db_path, ids["message_id"])
+    assert row["owner"] == "worker_x"
+    assert before <= row["heartbeat_at"] <= time.time()
+    user = answer_row(db_path, ids["user_id"])
+    assert user["owner"] is None
+    assert user["heartbeat_at"] is None
+
+
+def test_title_collapses_whitespace(st):
+    ids = st.begin_turn(None, "  What\tis\n\n the   capital \r\n of France?  ", live())
+    assert st.get_conversation(ids["conversation_id"])["title"] == "What is the capital of France?"
+
+
+def test_title_is_cut_to_sixty_characters(st):
+    content = "abcdefghij " * 10
+    ids = st.begin_turn(None, content, live())
+    title = st.get_conversation(ids["conversation_id"])["title"]
+    assert title == "abcdefghij abcdefghij abcdefghij abcdefghij abcdefghij abcde"
+    assert len(title) == store.TITLE_CHARS == 60
+    # the message itself is saved as typed
+    assert st.get_conversation(ids["conversation_id"])["messages"][0]["content"] == content
+
+
+def test_title_collapses_before_cutting(st):
+    ids = st.begin_turn(None, "start" + " " * 100 + "end", live())
+    assert st.get_conversation(ids["conversation_id"])["title"] == "start end"
+
+
+def test_title_of_a_blank_message(st):
+    ids = st.begin_turn(None, " \n\t ", live())
+    assert st.get_conversation(ids["conversation_id"])["title"] == "New chat"
+
+
+def test_begin_turn_in_an_unknown_conversation(st):
+    with pytest.raises(KeyError):
+        st.begin_turn("conv_nope", "Hi", live())
+    assert st.list_conversations(10) == []
+
+
+def test_begin_turn_while_an_answer_is_streaming(st):
+    ids = st.begin_turn(None, "First", live(1))
+    with pytest.raises(store.Conflict):
+        st.begin_turn(ids["conversation_id"], "Second", live(2))
+    messages = st.get_conversation(ids["conversation_id"])["messages"]
+    assert [m["content"] for m in messages] == ["First", ""]
+
+
+def test_concurrent_turns_one_wins(st):
+    ids = st.begin_turn(None, "First", live(1))
+    finished(st, ids["message_id"])
+    cid = ids["conversation_id"]
+    jobs = [gevent.spawn(st.begin_turn, cid, f"Turn {n}", live(n)) for n in (2, 3)]
+    gevent.joinall(jobs)
+    assert sorted(type(j.exception).__name__ for j in jobs) == ["Conflict", "NoneType"]
+    assert len(st.get_conversation(cid)["messages"]) == 4
+
+
+def test_begin_turn_in_an_existing_conversation_keeps_its_title_and_order(st):
+    ids = st.begin_turn(None, "First question", live(1))
+    finished(st, ids["message_id"], content="First answer")
+    second = st.begin_turn(ids["conversation_id"], "Second question", live(2))
+    assert second["conversation_id"] == ids["conversation_id"]
+    conversation = st.get_conversation(ids["conversation_id"])
+    assert conversation["title"] == "First question"
+    assert [(m["role"], m["content"], m["status"]) for m in conversation["messages"]] == [
+        ("user", "First question", "complete"),
+        ("assistant", "First answer", "complete"),
+        ("user", "Second question", "complete"),
+        ("assistant", "", "streaming"),
+    ]
+    assert conversation["messages"][3]["id"] == second["message_id"]
+
+
+# -- finish_answer ---------------------------------------------------------------------
+
+
+def test_finish_answer_stores_everything(st, db_path):
+    ids = st.begin_turn(None, "Hi", live())
+    usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8, "estimated": True}
+    receipt = {"signal": "user_stop", "stop_to_close_ms": 1.25, "tokens_after_stop": 0}
+    st.finish_answer(
+        ids["message_id"],
+        {
+            "content": "Hello wor",
+            "status": "stopped",
+            "reason": "user_stop",
+            "usage": usage,
+            "receipt": receipt,
+        },
+    )
+    answer = message(st, ids["conversation_id"], ids["message_id"])
+    assert answer["content"] == "Hello wor"
+    assert answer["status"] == "stopped"
+    assert answer["reason"] == "user_stop"
+    assert answer["usage"] == usage
+    assert answer["receipt"] == receipt
+    row = answer_row(db_path, ids["message_id"])
+    assert json.loads(row["usage"]) == usage
+    assert json.loads(row["receipt"]) == receipt
+    assert row["owner"] is None
+
+
+def test_finish_answer_without_receipt_or_usage(st):
+    ids = st.begin_turn(None, "Hi", live())
+    st.finish_answer(
+        ids["message_id"], {"content": "Hello", "status": "complete", "reason": None, "usage": None}
+    )
+    answer = message(st, ids["conversation_id"], ids["message_id"])
+    assert (answer["status"], answer["reason"], answer["usage"], answer["receipt"]) == (
+        "complete",
+        None,
+        None,
+        None,
+    )
+
+
+def test_finish_answer_allows_a_new_turn(st):
+    ids = st.begin_turn(None, "Hi", live(1))
+    finished(st, ids["message_id"], status="error", reason="upstream_error", content="")
+    second = st.begin_turn(ids["conversation_id"], "Again", live(2))
+    assert message(st, ids["conversation_id"], second["message_id"])["status"] == "streaming"
+
+
+def test_finish_answer_bumps_message_updated_at(st):
+    ids = st.begin_turn(None, "Hi", live())
+    started = message(st, ids["conversation_id"], ids["message_id"])["updated_at"]
+    time.sleep(0.005)
+    finished(st, ids["message_id"])
+    assert message(st, ids["conversation_id"], ids["message_id"])["updated_at"] > started
+
+
+# -- list / get / delete ---------------------------------------------------------------
+
+
+def set_updated_at(path: str, stamps: dict[str, str]) -> None:
+    db = raw(path)
+    for conversation_id, stamp in stamps.items():
+        db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (stamp, conversation_id))
+    db.close()
+
+
+def new_conversations(st: SqliteStore, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        turn = st.begin_turn(None, f"Conversation {i}", live(i))
+        finished(st, turn["message_id"])
+        ids.append(turn["conversation_id"])
+    return ids
+
+
+def test_list_is_newest_first_by_updated_at(st, db_path):
+    a, b, c = new_conversations(st, 3)
+    set_updated_at(db_path, {a: "2024-01-02T00:00:00.000Z", b: "2024-01-03T00:00:00.000Z"})
+    set_updated_at(db_path, {c: "2024-01-01T00:00:00.000Z"})
+    listed = st.list_conversations(10)
+    assert [x["id"] for x in listed] == [b, a, c]
+    assert listed[0] == {
+        "id": b,
+        "title": "Conversation 1",
+        "created_at": listed[0]["created_at"],
+        "updated_at": "2024-01-03T00:00:00.000Z",
+    }
+
+
+def test_a_new_turn_moves_a_conversation_to_the_top(st, db_path):
+    a, b = new_conversations(st, 2)
+    set_updated_at(db_path, {a: "2024-01-01T00:00:00.000Z", b: "2024-01-02T00:00:00.000Z"})
+    assert [x["id"] for x in st.list_conversations(10)] == [b, a]
+    st.begin_turn(a, "Back again", live(99))
+    assert [x["id"] for x in st.list_conversations(10)] == [a, b]
+
+
+def test_list_respects_limit(st):
+    new_conversations(st, 4)
+    assert len(st.list_conversations(3)) == 3
+    assert len(st.list_conversations(10)) == 4
+
+
+def test_cursor_pages_through_all_conversations_once(st, db_path):
+    ids = new_conversations(st, 11)
+    # several share an updated_at, so the id has to break the tie
+    set_updated_at(
+        db_path,
+        {cid: f"2024-01-0{1 + i // 4}T00:00:00.000Z" for i, cid in enumerate(ids)},
+    )
+    everything = st.list_conversations(100)
+    assert len(everything) == 11
+    expected = sorted(everything, key=lambda c: (c["updated_at"], c["id"]), reverse=True)
+    assert everything == expected
+    pages, before = [], None
+    while True:
+        page = st.list_conversations(3, before)
+        if not page:
+            break
+        pages.append(page)
+        before = (page[-1]["updated_at"], page[-1]["id"])
+    assert [len(p) for p in pages] == [3, 3, 3, 2]
+    assert [c for p in pages for c in p] == everything
+    assert sorted(c["id"] for p in pages for c in p) == sorted(ids)
+
+
+def test_get_unknown_conversation(st):
+    assert st.get_conversation("conv_nope") is None
+
+
+def test_get_conversation_returns_messages_in_order_with_versions(st):
+    ids = st.begin_turn(None, "Q1", live(1))
+    finished(st, ids["message_id"], content="A1")
+    cid = ids["conversation_id"]
+    second = st.begin_turn(cid, "Q2", live(2))
+    finished(st, second["message_id"], content="A2")
+    conversation = st.get_conversation(cid)
+    assert set(conversation) == {"id", "title", "created_at", "updated_at", "messages"}
+    assert conversation["id"] == cid
+    assert [(m["role"], m["content"]) for m in conversation["messages"]] == [
+        ("user", "Q1"),
+        ("assistant", "A1"),
+        ("user", "Q2"),
+        ("assistant", "A2"),
+    ]
+    assert all(m["versions"] == [] for m in conversation["messages"])
+    assert all(m["conversation_id"] == cid for m in conversation["messages"])
+    assert set(conversation["messages"][0]) == {
+        "id",
+        "conversation_id",
+        "role",
+        "content",
+        "status",
+        "reason",
+        "model",
+        "usage",
+        "receipt",
+        "generation_id",
+        "created_at",
+        "updated_at",
+        "versions",
+    }
+
+
+def test_get_conversation_does_not_mix_conversations(st):
+    a = st.begin_turn(None, "In A", live(1))
+    b = st.begin_turn(None, "In B", live(2))
+    assert [m["content"] for m in st.get_conversation(a["conversation_id"])["messages"]] == [
+        "In A",
+        "",
+    ]
+    assert [m["id"] for m in st.get_conversation(b["conversation_id"])["messages"]] == [
+        b["user_id"],
+        b["message_id"],
+    ]
+
+
+def test_delete_conversation_cascades(st, db_path):
+    ids = st.begin_turn(None, "Hi", live(1))
+    finished(st, ids["message_id"], content="old")
+    st.restart_answer(ids["conversation_id"], ids["message_id"], False, live(2))
+    other = st.begin_turn(None, "Keep me", live(3))
+    db = raw(db_path)
+    assert db.execute("SELECT COUNT(*) FROM message_versions").fetchone()[0] == 1
+
+    assert st.delete_conversation(ids["conversation_id"]) is True
+
+    assert st.get_conversation(ids["conversation_id"]) is None
+    assert [c["id"] for c in st.list_conversations(10)] == [other["conversation_id"]]
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (ids["conversation_id"],)
+        ).fetchone()[0]
+        == 0
+    )
+    assert db.execute("SELECT COUNT(*) FROM message_versions").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 2
+
+
+def test_delete_unknown_conversation(st):
+    assert st.delete_conversation("conv_nope") is False
+
+
+def test_delete_twice(st):
+    ids = st.begin_turn(None, "Hi", live())
+    assert st.delete_conversation(ids["conversation_id"]) is True
+    assert st.delete_conversation(ids["conversation_id"]) is False
+
+
+# -- restart_answer --------------------------------------------------------------------
+
+
+def stopped_answer(st: SqliteStore, text: str = "Hello wor") -> dict:
+    ids = st.begin_turn(None, "Say hello", live(1))
+    st.finish_answer(
+        ids["message_id"],
+        {
+            "content": text,
+            "status": "stopped",
+            "reason": "user_stop",
+            "usage": {"prompt_tokens": 2, "completion_tokens": 3},
+            "receipt": {"signal": "user_stop", "tokens_after_stop": 1},
+        },
+    )
+    return ids
+
+
+def test_continue_keeps_the_text(st, db_path):
+    ids = stopped_answer(st)
+    before = time.time()
+    previous = st.restart_answer(
+        ids["conversation_id"], ids["message_id"], True, live(2, "worker_b", "other-model")
+    )
+    assert previous["content"] == "Hello wor"
+    assert previous["status"] == "stopped"
+    assert previous["generation_id"] == "gen_1"
+    answer = message(st, ids["conversation_id"], ids["message_id"])
+    assert {k: answer[k] for k in ("content", "status", "reason", "usage", "receipt")} == {
+        "content": "Hello wor",
+        "status": "streaming",
+        "reason": None,
+        "usage": None,
+        "receipt": None,
+    }
+    assert (answer["generation_id"], answer["model"]) == ("gen_2", "other-model")
+    assert answer["versions"] == []
+    row = answer_row(db_path, ids["message_id"])
+    assert row["owner"] == "worker_b"
+    assert row["heartbeat_at"] >= before
+
+
+def test_regenerate_moves_the_old_answer_into_versions(st):
+    ids = stopped_answer(st)
+    cid, mid = ids["conversation_id"], ids["message_id"]
+    old = message(st, cid, mid)
+    st.restart_answer(cid, mid, False, live(2))
+    answer = message(st, cid, mid)
+    assert (answer["content"], answer["status"], answer["generation_id"]) == (
+        "",
+        "streaming",
+        "gen_2",
+    )
+    assert answer["versions"] == [
+        {
+            "content": "Hello wor",
+            "status": "stopped",
+            "reason": "user_stop",
+            "usage": {"prompt_tokens": 2, "completion_tokens": 3},
+            "receipt": {"signal": "user_stop", "tokens_after_stop": 1},
+            "generation_id": "gen_1",
+            "created_at": old["updated_at"],
+        }
+    ]
+
+
+def test_regenerate_numbers_versions_in_order(st, db_path):
+    ids = stopped_answer(st, "first")
+    cid, mid = ids["conversation_id"], ids["message_id"]
+    st.restart_answer(cid, mid, False, live(2))
+    finished(st, mid, content="second")
+    st.restart_answer(cid, mid, False, live(3))
+    st.finish_answer(
+        mid, {"content": "", "status": "error", "reason": "upstream_error", "usage": None}
+    )
+    st.restart_answer(cid, mid, False, live(4))
+    rows = raw(db_path).execute(
+        "SELECT version, content, status, generation_id FROM message_versions "
+        "WHERE message_id = ? ORDER BY version",
+        (mid,),
+    )
+    assert [tuple(r) for r in rows] == [
+        (1, "first", "stopped", "gen_1"),
+        (2, "second", "complete", "gen_2"),
+        (3, "", "error", "gen_3"),
+    ]
+    answer = message(st, cid, mid)
+    assert [(v["content"], v["generation_id"]) for v in answer["versions"]] == [
+        ("first", "gen_1"),
+        ("second", "gen_2"),
+        ("", "gen_3"),
+    ]
+    assert (answer["content"], answer["generation_id"]) == ("", "gen_4")
+
+
+def test_versions_are_numbered_per_message(st, db_path):
+    a = stopped_answer(st, "a")
+    b = st.begin_turn(None, "Other", live(10))
+    finished(st, b["message_id"], content="b")
+    st.restart_answer(a["conversation_id"], a["message_id"], False, live(2))
+    st.restart_answer(b["conversation_id"], b["message_id"], False, live(11))
+    rows = raw(db_path).execute("SELECT message_id, version FROM message_versions")
+    assert sorted(tuple(r) for r in rows) == sorted([(a["message_id"], 1), (b["message_id"], 1)])
+
+
+def test_continue_after_continue_adds_no_versions(st):
+    ids = stopped_answer(st)
+    cid, mid = ids["conversation_id"], ids["message_id"]
+    st.restart_answer(cid, mid, True, live(2))
+    st.finish_answer(
+        mid, {"content": "Hello world", "status": "stopped", "reason": "user_stop", "usage": None}
+    )
+    st.restart_answer(cid, mid, True, live(3))
+    answer = message(st, cid, mid)
+    assert (answer["content"], answer["versions"]) == ("Hello world", [])
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_restart_while_streaming(st, keep):
+    ids = st.begin_turn(None, "Hi", live(1))
+    with pytest.raises(store.Conflict):
+        st.restart_answer(ids["conversation_id"], ids["message_id"], keep, live(2))
+    answer = message(st, ids["conversation_id"], ids["message_id"])
+    assert (answer["generation_id"], answer["versions"]) == ("gen_1", [])
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_restart_unknown_message(st, keep):
+    ids = stopped_answer(st)
+    with pytest.raises(LookupError) as caught:
+        st.restart_answer(ids["conversation_id"], "msg_nope", keep, live(2))
+    assert caught.value.args == ("msg_nope",)
+
+
+def test_restart_a_message_of_another_conversation(st):
+    a = stopped_answer(st)
+    b = st.begin_turn(None, "Other", live(10))
+    finished(st, b["message_id"])
+    with pytest.raises(LookupError):
+        st.restart_answer(b["conversation_id"], a["message_id"], False, live(2))
+    assert message(st, a["conversation_id"], a["message_id"])["versions"] == []
+
+
+def test_restart_in_an_unknown_conversation(st):
+    ids = stopped_answer(st)
+    with pytest.raises(KeyError):
+        st.restart_answer("conv_nope", ids["message_id"], True, live(2))
+
+
+def test_restart_bumps_the_conversation(st, db_path):
+    ids = stopped_answer(st)
+    other = st.begin_turn(None, "Newer", live(5))
+    finished(st, other["message_id"])
+    set_updated_at(
+        db_path,
+        {
+            ids["conversation_id"]: "2024-01-01T00:00:00.000Z",
+            other["conversation_id"]: "2024-01-02T00:00:00.000Z",
+        },
+    )
+    st.restart_answer(ids["conversation_id"], ids["message_id"], True, live(2))
+    assert st.list_conversations(1)[0]["id"] == ids["conversation_id"]
+
+
+# -- heartbeat -------------------------------------------------------------------------
+
+
+def age(path: str, message_id: str, seconds: float) -> None:
+    db = raw(path)
+    db.execute(
+        "UPDATE messages SET heartbeat_at = ? WHERE id = ?", (time.time() - seconds, message_id)
+    )
+    db.close()
+
+
+def heartbeat_at(path: str, message_id: str) -> float | None:
+    return answer_row(path, message_id)["heartbeat_at"]
+
+
+def test_heartbeat_flushes_text_into_streaming_messages_only(st):
+    streaming = st.begin_turn(None, "A", live(1))
+    done = st.begin_turn(None, "B", live(2))
+    finished(st, done["message_id"], content="final")
+    lost = st.heartbeat(
+        "worker_a",
+        [
+            (streaming["message_id"], "partial text"),
+            (done["message_id"], "late text"),
+            (done["user_id"], "not a streaming message"),
+            ("msg_nope", "nobody"),
+        ],
+        60,
+    )
+    assert lost == 0
+    assert message(st, streaming["conversation_id"], streaming["message_id"])["content"] == (
+        "partial text"
+    )
+    assert message(st, done["conversation_id"], done["message_id"])["content"] == "final"
+    assert message(st, done["conversation_id"], done["user_id"])["content"] == "B"
+
+
+def test_heartbeat_flush_bumps_updated_at(st):
+    ids = st.begin_turn(None, "A", live(1))
+    started = message(st, ids["conversation_id"], ids["message_id"])["updated_at"]
+    time.sleep(0.005)
+    st.heartbeat("worker_a", [(ids["message_id"], "x")], 60)
+    assert message(st, ids["conversation_id"], ids["message_id"])["updated_at"] > started
+
+
+def test_heartbeat_renews_only_its_owners_streaming_messages(st, db_path):
+    mine = st.begin_turn(None, "Mine", live(1, "worker_a"))
+    theirs = st.begin_turn(None, "Theirs", live(2, "worker_b"))
+    mine_done = st.begin_turn(None, "Mine, done", live(3, "worker_a"))
+    finished(st, mine_done["message_id"])
+    for ids in (mine, theirs, mine_done):
+        age(db_path, ids["message_id"], 30)
+    old = {
+        ids["message_id"]: heartbeat_at(db_path, ids["message_id"]) for ids in (theirs, mine_done)
+    }
+    before = time.time()
+
+    assert st.heartbeat("worker_a", [], 60) == 0
+
+    assert heartbeat_at(db_path, mine["message_id"]) >= before
+    assert heartbeat_at(db_path, theirs["message_id"]) == old[theirs["message_id"]]
+    assert heartbeat_at(db_path, mine_done["message_id"]) == old[mine_done["message_id"]]
+
+
+def test_heartbeat_marks_lost_answers_interrupted(st, db_path):
+    mine = st.begin_turn(None, "Mine", live(1, "worker_a"))
+    lost1 = st.begin_turn(None, "Lost 1", live(2, "worker_dead"))
+    lost2 = st.begin_turn(None, "Lost 2", live(3, "worker_dead"))
+    fresh = st.begin_turn(None, "Fresh", live(4, "worker_b"))
+    done = st.begin_turn(None, "Done", live(5, "worker_dead"))
+    finished(st, done["message_id"], content="Complete answer")
+    st.heartbeat("worker_dead", [(lost1["message_id"], "half an ans")], 60)
+    for ids in (mine, lost1, lost2, done):
+        age(db_path, ids["message_id"], 120)
+    age(db_path, fresh["message_id"], 10)
+
+    assert st.heartbeat("worker_a", [], 60) == 2
+
+    def state(ids):
+        m = message(st, ids["conversation_id"], ids["message_id"])
+        return m["status"], m["reason"], m["content"]
+
+    assert state(lost1) == ("interrupted", "worker_lost", "half an ans")
+    assert state(lost2) == ("interrupted", "worker_lost", "")
+    assert state(mine) == ("streaming", None, "")
+    assert state(fresh) == ("streaming", None, "")
+    assert state(done) == ("complete", None, "Complete answer")
+    # the sweep is done: a second beat finds nothing more
+    assert st.heartbeat("worker_a", [], 60) == 0
+
+
+def test_a_lost_answer_no_longer_blocks_a_new_turn(st, db_path):
+    ids = st.begin_turn(None, "Hi", live(1, "worker_dead"))
+    age(db_path, ids["message_id"], 120)
+    assert st.heartbeat("worker_a", [], 60) == 1
+    second = st.begin_turn(ids["conversation_id"], "Hello?", live(2))
+    assert message(st, ids["conversation_id"], second["message_id"])["status"] == "streaming"
+
+
+def test_heartbeat_never_marks_its_own_answers_lost(st, db_path):
+    ids = st.begin_turn(None, "Hi", live(1, "worker_a"))
+    age(db_path, ids["message_id"], 120)
+    assert st.heartbeat("worker_a", [(ids["message_id"], "still here")], 60) == 0
+    answer = message(st, ids["conversation_id"], ids["message_id"])
+    assert (answer["status"], answer["content"]) == ("streaming", "still here")
+
+
+def test_heartbeat_accepts_a_generator(st):
+    ids = st.begin_turn(None, "Hi", live(1))
+    st.heartbeat("worker_a", (pair for pair in [(ids["message_id"], "from a generator")]), 60)
+    assert message(st, ids["conversation_id"], ids["message_id"])["content"] == "from a generator"
+
+
+# -- amend_stop / message_by_generation ------------------------------------------------
+
+
+def ended(st: SqliteStore, status: str, reason: str | None, text: str, n: int = 1) -> dict:
+    ids = st.begin_turn(None, "Hi", live(n))
+    receipt = {"signal": reason, "stop_to_close_ms": 2.5, "tokens_after_stop": 1}
+    st.finish_answer(
+        ids["message_id"],
+        {
+            "content": text,
+            "status": status,
+            "reason": reason,
+            "usage": {"prompt_tokens": 1, "completion_tokens": 4},
+            "receipt": receipt if status == "stopped" else None,
+        },
+    )
+    return ids
+
+
+def test_amend_stop_cuts_to_what_the_user_saw(st):
+    ended(st, "stopped", "client_disconnect", "Hello, world and more")
+    amended = st.amend_stop("gen_1", 12)
+    assert amended["content"] == "Hello, world"
+    assert amended["status"] == "stopped"
+    assert amended["reason"] == "user_stop"
+    assert amended["receipt"] == {
+        "signal": "user_stop",
+        "stop_to_close_ms": 2.5,
+        "tokens_after_stop": 1,
+    }
+    assert amended["usage"] == {"prompt_tokens": 1, "completion_tokens": 4}
+    assert st.message_by_generation("gen_1") == amended
+
+
+def test_amend_stop_without_seen_chars_keeps_everything(st):
+    ended(st, "stopped", "client_disconnect", "Hello, world")
+    amended = st.amend_stop("gen_1", None)
+    assert (amended["content"], amended["reason"], amended["receipt"]["signal"]) == (
+        "Hello, world",
+        "user_stop",
+        "user_stop",
+    )
+
+
+def test_amend_stop_with_more_seen_than_written_keeps_everything(st):
+    ended(st, "stopped", "client_disconnect", "Hello")
+    assert st.amend_stop("gen_1", 500)["content"] == "Hello"
+
+
+def test_amend_stop_with_nothing_seen(st):
+    ended(st, "stopped", "client_disconnect", "Hello")
+    assert st.amend_stop("gen_1", 0)["content"] == ""
+
+
+def test_amend_stop_counts_characters_not_bytes(st):
+    ended(st, "stopped", "client_disconnect", "héllo 👋 wörld")
+    assert st.amend_stop("gen_1", 7)["content"] == "héllo 👋"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        ("complete", None),
+        ("error", "upstream_error"),
+        ("stopped", "user_stop"),
+        ("stopped", "shutdown"),
+        ("interrupted", "client_disconnect"),
+    ],
+)
+def test_amend_stop_leaves_other_endings_alone(st, status, reason):
+    ended(st, status, reason, "Hello, world")
+    before = st.message_by_generation("gen_1")
+    assert st.amend_stop("gen_1", 3) == before
+    assert before["content"] == "Hello, world"
+    assert before["reason"] == reason
+
+
+def test_amend_stop_leaves_a_streaming_answer_alone(st):
+    ids = st.begin_turn(None, "Hi", live(1))
+    st.heartbeat("worker_a", [(ids["message_id"], "partial")], 60)
+    amended = st.amend_stop("gen_1", 2)
+    assert (amended["status"], amended["reason"], amended["content"]) == (
+        "streaming",
+        None,
+        "partial",
+    )
+
+
+def test_amend_stop_touches_only_its_generation(st):
+    ended(st, "stopped", "client_disconnect", "first", n=1)
+    ended(st, "stopped", "client_disconnect", "second", n=2)
+    st.amend_stop("gen_1", 2)
+    other = st.message_by_generation("gen_2")
+    assert (other["content"], other["reason"]) == ("second", "client_disconnect")
+
+
+def test_amend_stop_unknown_generation(st):
+    assert st.amend_stop("gen_nope", 3) is None
+
+
+def test_message_by_generation(st):
+    ids = st.begin_turn(None, "Hi", live(7, model="m-7"))
+    found = st.message_by_generation("gen_7")
+    assert (found["id"], found["conversation_id"], found["role"], found["model"]) == (
+        ids["message_id"],
+        ids["conversation_id"],
+        "assistant",
+        "m-7",
+    )
+    assert "versions" not in found
+    assert st.message_by_generation("gen_nope") is None
+
+
+def test_message_by_generation_follows_a_regenerate(st):
+    ids = stopped_answer(st)
+    st.restart_answer(ids["conversation_id"], ids["message_id"], False, live(2))
+    assert st.message_by_generation("gen_2")["id"] == ids["message_id"]
+    # the old generation now lives only in the versions
+    assert st.message_by_generation("gen_1") is None
+
+
+# -- plumbing --------------------------------------------------------------------------
+
+
+def test_two_stores_share_one_file(db_path):
+    a, b = SqliteStore(db_path), SqliteStore(db_path)
+    ids = a.begin_turn(None, "Hi", live(1))
+    assert b.get_conversation(ids["conversation_id"])["messages"][0]["content"] == "Hi"
+    with pytest.raises(store.Conflict):
+        b.begin_turn(ids["conversation_id"], "Again", live(2))
+
+
+def test_new_id():
+    first, second = store.new_id("conv"), store.new_id("conv")
+    assert first.startswith("conv_")
+    assert len(first) == len("conv_") + 22  # 16 bytes, urlsafe base64 without padding
+    assert first != second
+
+
+def test_now_iso_is_utc_with_milliseconds():
+    stamp = store.now_iso()
+    assert len(stamp) == len("2024-01-01T00:00:00.000Z")
+    assert stamp.endswith("Z")
+    assert stamp[10] == "T"
+    assert stamp[19] == "."
