@@ -62,7 +62,13 @@ function addEntry(role, fields) {
   return entry;
 }
 
+function latestEntry() {
+  return [...state.entries.values()].pop();
+}
+
+/** Only the latest answer can be retried, regenerated or continued (the server's rule). */
 function actionsFor(entry) {
+  if (entry !== latestEntry()) return [];
   if (entry.status === "error") return ["retry"];
   if (entry.status === "stopped" || entry.status === "interrupted") {
     // Continue needs the saved message; without a store only Regenerate can work.
@@ -84,6 +90,7 @@ async function send(content) {
     state.title = titleFor(content);
     view.setTitle(state.title);
   }
+  latestEntry()?.view.setActions([]);
   addEntry("user", { content });
   const answer = addEntry("assistant", { prompt: content, status: "streaming" });
   const conversationId = state.conversationId;
@@ -113,7 +120,7 @@ async function stream(entry, start, { keep }) {
   view.announce("Writing an answer.");
   try {
     if (state.settling) await Promise.race([state.settling, sleep(SETTLE_WAIT_MS)]);
-    for await (const event of retryConflict(start, run.controller.signal)) {
+    for await (const event of start(run.controller.signal)) {
       if (event.type === "meta") onMeta(run, event.data);
       else if (event.type === "token") onToken(run, event.data.text);
       else if (event.type === "error") run.error = event.data.error;
@@ -127,19 +134,6 @@ async function stream(entry, start, { keep }) {
     if (state.run === run) {
       state.run = null;
       view.setBusy(false);
-    }
-  }
-}
-
-/** A 409 right after a stop is transient: the previous answer is still being saved. */
-async function* retryConflict(start, signal) {
-  for (let attempt = 1; ; attempt += 1) {
-    try {
-      yield* start(signal);
-      return;
-    } catch (error) {
-      if (error.status !== 409 || attempt >= 3) throw error;
-      await sleep(200 * attempt);
     }
   }
 }

@@ -71,6 +71,10 @@ export class MessageView {
     this.badge.hidden = !badge;
     this.state.hidden = !badge && !detail;
     this.detail.textContent = detail;
+    this.setActions(actions);
+  }
+
+  setActions(actions) {
     for (const button of this.actions.querySelectorAll("button")) {
       button.hidden = !actions.includes(button.dataset.action);
     }

@@ -48,9 +48,10 @@ def browser(chromium_path):
 
 @pytest.fixture(scope="session")
 def upstream():
-    """The demo provider: 30 ms per token unless a message's directive says otherwise."""
+    """The demo provider: 60 tokens, 30 ms apart, unless a message's directive says otherwise
+    (a continued answer gets these: its last user turn is the server's instruction)."""
     (ROOT / ".pytest_cache").mkdir(exist_ok=True)
-    server = Upstream("--gap", "0.03", "--ttft", "0.05", "--tokens", "400")
+    server = Upstream("--gap", "0.03", "--ttft", "0.05", "--tokens", "60")
     yield server
     server.close()
 

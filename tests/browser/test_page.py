@@ -81,10 +81,9 @@ def stop_and_check(page: Page, upstream: Upstream, prompt: str, stop) -> tuple[s
     record = upstream.ended(prompt)
     assert record["ended"] == "client_closed"
     assert record["client_closed_at"] - stopped_at < SOON_S
-    # The receipt says the provider made nothing after the stop; its own record agrees,
-    # and at most the one token in flight at the click was made and never shown.
+    # The receipt says the provider made nothing after the stop reached the server, and
+    # its own record agrees (how many it made in the click's few ms is bench/'s business).
     assert tokens_after(record, record["client_closed_at"]) == 0
-    assert record["tokens_sent"] <= len(shown.split()) + 1
     return shown, body
 
 
