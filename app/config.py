@@ -12,6 +12,8 @@ DEFAULTS: dict[str, str | int | float] = {
     # Reasoning models can think quietly for minutes: an idle limit, not a deadline.
     "STOPWIRE_READ_TIMEOUT_S": 300.0,
     "STOPWIRE_MAX_BODY_BYTES": 1024 * 1024,
+    # Comma-separated keys OpenAI-compatible clients must send as Bearer; empty: no check.
+    "STOPWIRE_CLIENT_KEYS": "",
     # Upper bound on pooled provider connections per worker (one per live stream).
     "STOPWIRE_POOL_SIZE": 1000,
     # SQLite file; empty means stopwire.sqlite3 in the app's instance folder.

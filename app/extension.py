@@ -16,19 +16,24 @@ from app.providers.http import new_session
 from app.recording import Recorder
 from app.routes.api import api
 from app.routes.conversations import conversations
+from app.routes.openai import openai
 from app.store import SqliteStore
 from app.streaming import Generation, RelayEvent, RelaySettings
 
 
 class Stopwire:
-    """Mounts the API under `url_prefix` (default `/api`) of any Flask app.
+    """Mounts the API under `url_prefix` (default `/api`) of any Flask app, and the
+    OpenAI-compatible endpoint under `openai_prefix` (default `/v1`; empty: not at all).
 
     ``Stopwire(app)`` or ``stopwire.init_app(app)``; settings come from `app.config`
     (`STOPWIRE_*`, defaults in app/config.py).
     """
 
-    def __init__(self, app: Flask | None = None, url_prefix: str = "/api"):
+    def __init__(
+        self, app: Flask | None = None, url_prefix: str = "/api", openai_prefix: str = "/v1"
+    ):
         self.url_prefix = url_prefix
+        self.openai_prefix = openai_prefix
         if app is not None:
             self.init_app(app)
 
@@ -38,6 +43,9 @@ class Stopwire:
             app.config.setdefault(name, default)
         cfg = app.config
         self.max_body_bytes = int(cfg["STOPWIRE_MAX_BODY_BYTES"])
+        self.client_keys = [
+            k.strip() for k in str(cfg["STOPWIRE_CLIENT_KEYS"]).split(",") if k.strip()
+        ]
         self.pool_size = int(cfg["STOPWIRE_POOL_SIZE"])
         self.provider = _provider(cfg)
         self.settings = RelaySettings(
@@ -59,14 +67,27 @@ class Stopwire:
         app.extensions["stopwire"] = self
         app.register_blueprint(conversations, url_prefix=self.url_prefix)
         app.register_blueprint(api, url_prefix=self.url_prefix)
+        if self.openai_prefix:
+            app.register_blueprint(openai, url_prefix=self.openai_prefix)
         # Beat from the start, so a restarted worker sweeps answers its predecessor lost.
         self.recorder.start()
 
-    def new_generation(self, messages: list[Message], generation_id: str = "") -> Generation:
+    def new_generation(
+        self,
+        messages: list[Message],
+        generation_id: str = "",
+        options: dict[str, Any] | None = None,
+    ) -> Generation:
         """A generation ready to run (nothing starts until its events are iterated)."""
         session = self._provider_session()
         return Generation(
-            self.provider, messages, session, self.settings, self.recorder.finish, generation_id
+            self.provider,
+            messages,
+            session,
+            self.settings,
+            self.recorder.finish,
+            generation_id,
+            options,
         )
 
     def live_fields(self, generation_id: str) -> dict[str, str]:

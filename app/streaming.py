@@ -96,6 +96,7 @@ class Generation:
         settings: RelaySettings,
         on_end: Callable[["Generation"], None] | None = None,
         generation_id: str = "",
+        options: dict[str, Any] | None = None,
     ):
         self.id = generation_id or new_generation_id()
         self.meta: dict[str, Any] = {"generation_id": self.id}
@@ -103,6 +104,7 @@ class Generation:
         self.messages = messages
         self.session = session
         self.settings = settings
+        self.options = options
         self.on_end = on_end
         self.seen_chars: int | None = None
         self.settled = gevent.event.Event()  # the outcome is final and recorded
@@ -257,7 +259,7 @@ class Generation:
     def _read_provider(self) -> None:
         response = None
         try:
-            call = self.provider.build_call(self.messages)
+            call = self.provider.build_call(self.messages, self.options)
             timeouts = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
             response = open_stream(self.session, call, timeouts, self.settings.api_key)
             for delta in self.provider.parse(iter_body(response)):

@@ -2,8 +2,16 @@
 
 import json
 from collections.abc import Iterable, Iterator
+from typing import Any
 
-from app.providers.base import Delta, Message, ProviderCall, ProviderStreamError, Usage
+from app.providers.base import (
+    Delta,
+    Message,
+    ProviderCall,
+    ProviderStreamError,
+    UnsupportedOption,
+    Usage,
+)
 from app.sse import events
 
 API_VERSION = "2023-06-01"
@@ -21,7 +29,9 @@ class AnthropicProvider:
         self.api_key = api_key
         self.model = model
 
-    def build_call(self, messages: list[Message]) -> ProviderCall:
+    def build_call(
+        self, messages: list[Message], options: dict[str, Any] | None = None
+    ) -> ProviderCall:
         """The streaming request with the key in `x-api-key`."""
         headers = {"anthropic-version": API_VERSION, "Accept": "text/event-stream"}
         if self.api_key:
@@ -37,6 +47,8 @@ class AnthropicProvider:
         system = "\n\n".join(m.content for m in messages if m.role == "system")
         if system:
             body["system"] = system
+        for name, value in (options or {}).items():
+            body.update(_option(name, value))
         return ProviderCall(f"{self.url}/messages", body, headers)
 
     def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
@@ -62,6 +74,19 @@ class AnthropicProvider:
                 error = data.get("error") or {}
                 raise ProviderStreamError(str(error.get("message") or error or "error event"))
             # ping, content_block_start/stop and future event types carry no text.
+
+
+def _option(name: str, value: Any) -> dict[str, Any]:
+    """One OpenAI-named option in the Messages API's terms."""
+    if name in ("temperature", "top_p", "max_tokens"):
+        return {name: value}
+    if name == "max_completion_tokens":
+        return {"max_tokens": value}
+    if name == "stop":
+        return {"stop_sequences": value}
+    if name == "user":
+        return {"metadata": {"user_id": value}}
+    raise UnsupportedOption("anthropic", name)
 
 
 def _count(usage: dict, key: str, default: int) -> int:

@@ -68,13 +68,28 @@ class Provider(Protocol):
     name: str
     prefill: bool  # continues a final assistant turn natively (see app/conversations.py)
 
-    def build_call(self, messages: list[Message]) -> ProviderCall:
-        """The streaming HTTP request for this conversation."""
+    def build_call(
+        self, messages: list[Message], options: dict[str, Any] | None = None
+    ) -> ProviderCall:
+        """The streaming HTTP request for this conversation.
+
+        `options` are sampling settings in OpenAI's names (temperature, top_p,
+        max_tokens or max_completion_tokens, stop as a list, seed, user), translated
+        to the provider's own; one it cannot honour raises UnsupportedOption.
+        """
         ...
 
     def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
         """Turn raw body chunks into deltas; ends with a `finished` delta or raises."""
         ...
+
+
+class UnsupportedOption(ValueError):
+    """A request option this provider cannot honour."""
+
+    def __init__(self, provider: str, param: str):
+        super().__init__(f"{param} is not supported by the {provider} provider")
+        self.param = param
 
 
 class ProviderError(Exception):

@@ -2,8 +2,20 @@
 
 import json
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from app.providers.base import Delta, Message, ProviderCall, ProviderStreamError, Usage
+
+# OpenAI's option names in Ollama's `options`; `user` (an end-user tag) has no
+# counterpart and changes nothing in the answer, so it is dropped.
+_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+    "max_tokens": "num_predict",
+    "max_completion_tokens": "num_predict",
+}
 
 
 class OllamaProvider:
@@ -17,7 +29,9 @@ class OllamaProvider:
         self.api_key = api_key
         self.model = model
 
-    def build_call(self, messages: list[Message]) -> ProviderCall:
+    def build_call(
+        self, messages: list[Message], options: dict[str, Any] | None = None
+    ) -> ProviderCall:
         """The streaming request; a key, if set, goes as a bearer token (for proxies)."""
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         body = {
@@ -25,6 +39,9 @@ class OllamaProvider:
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
         }
+        sampling = {_OPTIONS[k]: v for k, v in (options or {}).items() if k in _OPTIONS}
+        if sampling:
+            body["options"] = sampling
         return ProviderCall(f"{self.url}/api/chat", body, headers)
 
     def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:

@@ -3,6 +3,7 @@ OpenRouter, Ollama's /v1, and the built-in demo)."""
 
 import json
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from app.providers.base import Delta, Message, ProviderCall, ProviderStreamError, Usage
 from app.sse import events
@@ -19,8 +20,10 @@ class OpenAIProvider:
         self.api_key = api_key
         self.model = model
 
-    def build_call(self, messages: list[Message]) -> ProviderCall:
-        """The streaming request, asking for usage in the last chunk."""
+    def build_call(
+        self, messages: list[Message], options: dict[str, Any] | None = None
+    ) -> ProviderCall:
+        """The streaming request, asking for usage in the last chunk; options as they are."""
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -29,6 +32,7 @@ class OpenAIProvider:
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
+            **(options or {}),
         }
         return ProviderCall(f"{self.url}/chat/completions", body, headers)
 

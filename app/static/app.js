@@ -323,6 +323,7 @@ async function openConversation(id) {
   state.title = conversation.title;
   view.setTitle(conversation.title);
   let prompt = "";
+  const answers = [];
   for (const message of conversation.messages) {
     if (message.role === "user") prompt = message.content;
     const entry = addEntry(message.role, {
@@ -332,8 +333,10 @@ async function openConversation(id) {
       conversationId: id,
       prompt,
     });
-    if (message.role === "assistant") showEntry(entry, message);
+    if (message.role === "assistant") answers.push([entry, message]);
   }
+  // Once all are in, so that only the latest answer offers its actions.
+  for (const [entry, message] of answers) showEntry(entry, message);
   setHash(id);
   renderList();
 }

@@ -180,6 +180,15 @@ def test_a_stale_stop_never_aborts_the_next_answer(page, upstream):
     assert upstream.ended(first)["ended"] == "client_closed"
     page.keyboard.press("Escape")
     assert upstream.ended(second)["ended"] == "client_closed"
+    # Both stopped; only the latest answer can be regenerated or continued.
+    older, latest = page.locator("#messages .message.assistant").all()
+    expect(latest.get_by_role("button", name="Continue")).to_be_visible()
+    expect(older.locator(".message-actions")).to_be_hidden()
+    page.reload()
+    older, latest = page.locator("#messages .message.assistant").all()
+    expect(latest.get_by_role("button", name="Regenerate")).to_be_visible()
+    expect(older.locator(".message-actions")).to_be_hidden()
+    expect(older.locator(".badge")).to_have_text("Stopped")
 
 
 def test_a_provider_error_shows_its_message_and_retry_asks_again(page, upstream):
@@ -257,6 +266,7 @@ def test_closing_the_tab_stops_the_provider(context, server, upstream):
     send(page, f"{prompt} {LONG}")
     wait_words(page, 5)
     conversation_id = page.evaluate("location.hash").removeprefix("#/c/")
+    shown_before_close = answer_text(page)
     closed_at = time.monotonic()
     page.close()
     record = upstream.ended(prompt)
@@ -271,6 +281,9 @@ def test_closing_the_tab_stops_the_provider(context, server, upstream):
 
     message = wait_until(saved)
     assert message is not None and message["status"] == "stopped"
+    # The pagehide beacon landed: the stop is the user's, cut to what the page showed.
+    assert message["reason"] == "user_stop" and message["receipt"]["signal"] == "user_stop"
+    assert message["content"].startswith(shown_before_close)
 
 
 def test_going_offline_ends_the_stream_within_the_heartbeat(context, page, upstream):
