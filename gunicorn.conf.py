@@ -28,15 +28,20 @@ loglevel = os.environ.get("STOPWIRE_LOG_LEVEL", "info")
 control_socket_disable = True
 
 _demo: subprocess.Popen | None = None
-_own_run_dir: str | None = None
+_own_dirs: list[str] = []
 
 
 def on_starting(server):
-    """Before workers fork: a shared run directory for stops, and the demo model if needed."""
-    global _demo, _own_run_dir
-    if not os.environ.get("STOPWIRE_RUN_DIR"):
-        _own_run_dir = tempfile.mkdtemp(prefix="stopwire-run-")
-        os.environ["STOPWIRE_RUN_DIR"] = _own_run_dir
+    """Before workers fork: directories they share, and the demo model if needed."""
+    global _demo
+    for variable, prefix in (
+        ("STOPWIRE_RUN_DIR", "stopwire-run-"),
+        # prometheus-client's multiprocess mode: every worker writes its metrics here.
+        ("PROMETHEUS_MULTIPROC_DIR", "stopwire-metrics-"),
+    ):
+        if not os.environ.get(variable):
+            os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+            _own_dirs.append(os.environ[variable])
     provider = os.environ.get("STOPWIRE_PROVIDER", "demo")
     if provider == "demo" and not os.environ.get("STOPWIRE_PROVIDER_URL"):
         _demo = subprocess.Popen(
@@ -60,10 +65,17 @@ def post_worker_init(worker):
         interrupt_on_sigterm(stopwire)
 
 
+def child_exit(server, worker):
+    """A worker's live gauges must not outlive it."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def on_exit(server):
-    """Stop the demo model and remove the run directory this master made."""
+    """Stop the demo model and remove the directories this master made."""
     if _demo is not None:
         _demo.terminate()
         _demo.wait(5)
-    if _own_run_dir is not None:
-        shutil.rmtree(_own_run_dir, ignore_errors=True)
+    for path in _own_dirs:
+        shutil.rmtree(path, ignore_errors=True)

@@ -7,7 +7,7 @@ from typing import Any
 import requests
 from flask import Flask
 
-from app import config
+from app import config, telemetry
 from app.cancellation import Registry
 from app.peers import Peers
 from app.providers import make_provider
@@ -48,6 +48,7 @@ class Stopwire:
         ]
         self.pool_size = int(cfg["STOPWIRE_POOL_SIZE"])
         self.provider = _provider(cfg)
+        self.provider_name = str(cfg["STOPWIRE_PROVIDER"])
         self.settings = RelaySettings(
             heartbeat_s=float(cfg["STOPWIRE_HEARTBEAT_S"]),
             connect_timeout_s=float(cfg["STOPWIRE_CONNECT_TIMEOUT_S"]),
@@ -85,7 +86,7 @@ class Stopwire:
             messages,
             session,
             self.settings,
-            self.recorder.finish,
+            self._ended,
             generation_id,
             options,
         )
@@ -108,9 +109,11 @@ class Stopwire:
         self.registry.add(generation)
         if message_id:
             self.recorder.track(generation, message_id, prefix)
+        telemetry.ACTIVE.inc()
         try:
             yield from generation.events(client_sock)
         finally:
+            telemetry.ACTIVE.dec()
             self.registry.finish(generation)
 
     def stop(self, generation_id: str, seen_chars: int | None) -> dict[str, Any] | None:
@@ -123,6 +126,10 @@ class Stopwire:
     def interrupt_all(self) -> int:
         """Close every live generation of this worker upstream (a shutdown); how many."""
         return self.registry.interrupt_all()
+
+    def _ended(self, generation: Generation) -> None:
+        telemetry.ended(generation, self.provider_name, self.provider.model)
+        self.recorder.finish(generation)
 
     def _provider_session(self) -> requests.Session:
         # Created on first use, after gunicorn forked and gevent patched the worker.

@@ -110,6 +110,10 @@ class Generation:
         self.settled = gevent.event.Event()  # the outcome is final and recorded
         self.outcome: Outcome | None = None
         self.usage: Usage | None = None
+        self.created_at = time.monotonic()
+        self.first_token_at: float | None = None
+        self.ended_at: float | None = None
+        self.heartbeats = 0
         self.delivered_tokens = 0
         self.delivered_chars = 0
         self.stop_at: float | None = None
@@ -149,6 +153,7 @@ class Generation:
             try:
                 item = self._queue.get(timeout=self.settings.heartbeat_s)
             except Empty:
+                self.heartbeats += 1
                 yield RelayEvent("keepalive")
                 continue
             texts = []
@@ -238,6 +243,7 @@ class Generation:
     def _settle(self) -> None:
         if self.settled.is_set():
             return
+        self.ended_at = time.monotonic()
         try:
             if self.on_end is not None:
                 self.on_end(self)
@@ -290,6 +296,8 @@ class Generation:
         if self.stop_at is not None:
             self.tokens_after_stop += 1  # arrived after the stop: counted, never sent
         else:
+            if self.first_token_at is None:
+                self.first_token_at = time.monotonic()
             self._received.append(delta.text)
             self._queue.put(delta.text)
 

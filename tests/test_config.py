@@ -50,6 +50,8 @@ def test_default_types():
         "STOPWIRE_READ_TIMEOUT_S": float,
         "STOPWIRE_MAX_BODY_BYTES": int,
         "STOPWIRE_POOL_SIZE": int,
+        "STOPWIRE_FLUSH_S": float,
+        "STOPWIRE_LOST_AFTER_S": float,
     }
 
 

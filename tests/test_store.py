@@ -351,7 +351,7 @@ def test_cursor_pages_through_all_conversations_once(st, db_path):
     expected = sorted(everything, key=lambda c: (c["updated_at"], c["id"]), reverse=True)
     assert everything == expected
     pages, before = [], None
-    while True:
+    for _ in range(10):  # bounded: a cursor that never advances must fail, not hang
         page = st.list_conversations(3, before)
         if not page:
             break
@@ -698,6 +698,24 @@ def test_heartbeat_marks_lost_answers_interrupted(st, db_path):
     assert state(done) == ("complete", None, "Complete answer")
     # the sweep is done: a second beat finds nothing more
     assert st.heartbeat("worker_a", [], 60) == 0
+
+
+def test_a_worker_that_was_presumed_lost_does_not_revive_its_answer(st, db_path):
+    ids = st.begin_turn(None, "Hi", live(1, "worker_slow"))
+    st.heartbeat("worker_slow", [(ids["message_id"], "before")], 60)
+    age(db_path, ids["message_id"], 120)
+    assert st.heartbeat("worker_b", [], 60) == 1
+    swept_at = heartbeat_at(db_path, ids["message_id"])
+
+    assert st.heartbeat("worker_slow", [(ids["message_id"], "before and after")], 60) == 0
+
+    answer = message(st, ids["conversation_id"], ids["message_id"])
+    assert (answer["status"], answer["reason"], answer["content"]) == (
+        "interrupted",
+        "worker_lost",
+        "before",
+    )
+    assert heartbeat_at(db_path, ids["message_id"]) == swept_at
 
 
 def test_a_lost_answer_no_longer_blocks_a_new_turn(st, db_path):
