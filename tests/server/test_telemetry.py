@@ -1,0 +1,92 @@
+"""Metrics add up across workers; each generation logs one JSON line without content."""
+
+import json
+import re
+import time
+import uuid
+
+import pytest
+import requests
+from conftest import Server
+from wire import open_stream
+
+
+@pytest.fixture(scope="module")
+def observed(upstream):
+    server = Server(upstream.url, workers=2, STOPWIRE_HEARTBEAT_S="0.2")
+    yield server
+    server.close()
+
+
+def scrape(server: Server) -> dict[str, float]:
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def metric(samples: dict[str, float], name: str, **labels: str) -> float:
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(
+        value
+        for key, value in samples.items()
+        if re.fullmatch(rf"{name}(\{{.*\}})?", key) and all(w in key for w in wanted)
+    )
+
+
+def test_metrics_count_every_outcome_across_two_workers(observed):
+    before = scrape(observed)
+    secret = uuid.uuid4().hex
+    for _ in range(3):
+        open_stream(observed.url, f"{secret} [demo tokens=5 gap=0]").events()
+    open_stream(observed.url, f"{secret} [demo status=429]").events()
+    silent = open_stream(observed.url, f"{secret} [demo tokens=3 gap=0 silence=1:30]")
+    silent.events(tokens=1)
+    time.sleep(0.5)  # a silence long enough for heartbeats (every 0.2 s)
+    requests.post(
+        f"{observed.url}/api/generations/{silent.meta['generation_id']}/stop", timeout=10
+    ).raise_for_status()
+    silent.events()
+    gone = open_stream(observed.url, f"{secret} [demo tokens=300 gap=0.02]")
+    gone.events(tokens=2)
+    gone.close_rst()
+
+    after = scrape(observed)  # /metrics may be served by either worker: both are counted
+
+    def grew(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert grew("stopwire_generations_total", status="complete") == 3
+    assert grew("stopwire_generations_total", status="error", reason="upstream_error") == 1
+    assert grew("stopwire_generations_total", status="stopped", reason="user_stop") == 1
+    assert grew("stopwire_provider_errors_total", type="provider_rate_limited") == 1
+    assert grew("stopwire_tokens_relayed_total") >= 3 * 5 + 1 + 2
+    assert grew("stopwire_stop_latency_seconds_count") == 2
+    assert grew("stopwire_stop_latency_seconds_bucket", le="1.0") == 2
+    assert grew("stopwire_time_to_first_token_seconds_count") == 5
+    assert grew("stopwire_heartbeats_total") >= 1
+    assert metric(after, "stopwire_generations_active") == 0
+
+
+def test_one_json_line_per_generation_without_content(observed):
+    secret = uuid.uuid4().hex
+    conn = open_stream(observed.url, f"{secret} [demo tokens=4 gap=0]")
+    conn.events()
+    generation_id = conn.meta["generation_id"]
+    lines = [
+        json.loads(line)
+        for line in observed.output().splitlines()
+        if line.startswith("{") and generation_id in line
+    ]
+    assert len(lines) == 1
+    entry = lines[0]
+    assert entry["event"] == "generation_finished"
+    assert (entry["status"], entry["reason"], entry["tokens"]) == ("complete", None, 4)
+    assert (entry["provider"], entry["model"]) == ("demo", "stopwire-demo")
+    assert entry["ttft_ms"] > 0 and entry["duration_ms"] >= entry["ttft_ms"]
+    assert entry["stop_latency_ms"] is None
+    assert secret not in observed.output()
+    assert "A stop button" not in observed.output()  # the demo's answer text
