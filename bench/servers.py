@@ -57,7 +57,8 @@ class Demo(Process):
         super().__init__("demo", ["-m", "app.demo", "--port", "0"], pipe=True)
         self.url = self.process.stdout.readline().strip()  # the first line is its URL
         if not self.url.startswith("http://"):
-            raise RuntimeError("the demo provider did not start")
+            self.close()
+            raise RuntimeError("the demo provider did not start; see bench/results/demo.log")
         self.base = self.url.removesuffix("/v1")
 
     def records(self) -> list[dict]:
@@ -78,7 +79,11 @@ class Gunicorn(Process):
         self.scratch = scratch  # a directory of ours, removed on close
         super().__init__(name, ["-m", "gunicorn", *args], env)
         self.url = f"http://127.0.0.1:{port}"
-        wait_for_port(port, self.process)
+        try:
+            wait_for_port(port, self.process)
+        except RuntimeError:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Stop the server, then remove its scratch directory."""
@@ -127,7 +132,7 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}; see bench/results/")
+            raise RuntimeError(f"the server exited ({process.returncode}); see bench/results/")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return

@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     demo = servers.Demo()
     relays: list[servers.Gunicorn] = []
     try:
-        relays = [servers.stopwire(demo.url), servers.baseline(demo.url)]
+        relays.append(servers.stopwire(demo.url))
+        relays.append(servers.baseline(demo.url))
         systems = [
             System("Stopwire", relays[0].url, "/api/chat", stopwire_token),
             System("baseline", relays[1].url, "/chat", openai_token, silence_in_parallel=True),

@@ -11,6 +11,8 @@ import { View, describe } from "./view.js";
 const ABORT_GRACE_MS = 1000;
 // A turn right after a stop waits (at most this long) for the stop to be recorded.
 const SETTLE_WAIT_MS = 3000;
+// How often a conversation with an answer streaming elsewhere is read again.
+const STREAMING_POLL_MS = 1500;
 const PAGE_SIZE = 50;
 const TITLE_CHARS = 60;
 
@@ -21,7 +23,7 @@ const state = {
   title: "",
   conversations: [], // [{id, title}], newest first
   next: null, // cursor for older conversations
-  listAvailable: true, // false when this server keeps no conversations
+  listNote: "", // why the list could not be loaded, if it could not
   entries: new Map(), // message key -> entry
   run: null, // the answer streaming now
   settling: null, // the last stop request, which a new turn waits for
@@ -78,7 +80,9 @@ function actionsFor(entry) {
 }
 
 function showEntry(entry, summary) {
-  entry.view.show(entry.status, { detail: describe(summary), actions: actionsFor(entry) });
+  view.follow(() =>
+    entry.view.show(entry.status, { detail: describe(summary), actions: actionsFor(entry) }),
+  );
 }
 
 // -- one streamed answer ----------------------------------------------------------
@@ -162,9 +166,8 @@ function onToken(run, text) {
     return;
   }
   run.entry.content += text;
-  run.entry.view.append(text);
+  view.follow(() => run.entry.view.append(text));
   run.shown += codePoints(text);
-  view.scrollToEnd();
 }
 
 /** The run's outcome: the first summary decided (done event or stop answer) stands. */
@@ -174,8 +177,9 @@ function finish(run, summary) {
   const { entry } = run;
   if (summary.status === "complete" && run.held) {
     // The stop lost the race: the answer was already complete, so show all of it.
-    entry.content += run.held;
-    entry.view.append(run.held);
+    const held = run.held;
+    entry.content += held;
+    view.follow(() => entry.view.append(held));
     run.held = "";
   }
   const error = summary.error || run.error;
@@ -216,7 +220,9 @@ function stop() {
   run.stopped = true;
   view.setBusy(false);
   run.entry.status = "stopped";
-  run.entry.view.show("stopped", { detail: "Waiting for the server's receipt…", actions: [] });
+  view.follow(() =>
+    run.entry.view.show("stopped", { detail: "Waiting for the server's receipt…", actions: [] }),
+  );
   const abort = () => run.controller.abort();
   if (!run.generationId) {
     // Nothing to name yet: closing the connection is the stop the server sees.
@@ -303,8 +309,8 @@ function newChat() {
   view.focusInput();
 }
 
-async function openConversation(id) {
-  if (!id || id === state.conversationId) return;
+async function openConversation(id, { again = false } = {}) {
+  if (!id || (id === state.conversationId && !again)) return;
   clearScreen();
   const screen = state.screen;
   let conversation;
@@ -339,6 +345,12 @@ async function openConversation(id) {
   for (const [entry, message] of answers) showEntry(entry, message);
   setHash(id);
   renderList();
+  if (answers.some(([, message]) => message.status === "streaming")) {
+    // Written by another tab, or a stop (this page's own, before a reload) still landing.
+    setTimeout(() => {
+      if (screen === state.screen && !state.run) openConversation(id, { again: true });
+    }, STREAMING_POLL_MS);
+  }
 }
 
 async function removeConversation(id) {
@@ -363,10 +375,9 @@ async function refreshList() {
     const page = await api.listConversations({ limit: PAGE_SIZE });
     state.conversations = page.conversations;
     state.next = page.next;
-    state.listAvailable = true;
+    state.listNote = "";
   } catch (error) {
-    // A server without a store answers 404: show this page's conversation only.
-    state.listAvailable = !(error.status === 404 || error.status === 405);
+    state.listNote = `Could not load the conversations: ${error.message}`;
   }
   renderList();
 }
@@ -385,17 +396,14 @@ async function loadMore() {
 }
 
 function renderList() {
-  if (!state.listAvailable) {
-    const items = state.title ? [{ id: state.conversationId || "", title: state.title }] : [];
-    const note = "This server does not keep conversations: only this page's chat is listed.";
-    view.renderConversations(items, state.conversationId || "", { note });
-    return;
-  }
   const items = [...state.conversations];
   if (state.conversationId && !items.some((c) => c.id === state.conversationId)) {
     items.unshift({ id: state.conversationId, title: state.title });
   }
-  view.renderConversations(items, state.conversationId, { hasMore: Boolean(state.next) });
+  view.renderConversations(items, state.conversationId, {
+    hasMore: Boolean(state.next),
+    note: state.listNote,
+  });
 }
 
 // -- start ----------------------------------------------------------------------------

@@ -85,7 +85,10 @@ export class MessageView {
 /** Explains a final status in words; `error` is `{type, message}` when there is one. */
 export function describe({ status, reason, receipt, error }) {
   if (status === "stopped") {
-    return receipt ? receiptText(receipt) : "Stopped before the server answered.";
+    if (receipt) return receiptText(receipt);
+    return error
+      ? `The server did not confirm the stop: ${error.message}`
+      : "Stopped before the server answered.";
   }
   if (status === "error") {
     return error ? error.message : `The answer failed (${reason || "unknown error"}).`;
@@ -93,7 +96,7 @@ export function describe({ status, reason, receipt, error }) {
   if (status === "interrupted") {
     return REASONS[reason] || "This answer was interrupted before it finished.";
   }
-  if (status === "streaming") return "Still being written elsewhere; reload to see more.";
+  if (status === "streaming") return "Still being written (in another tab, or just stopped)…";
   return "";
 }
 
@@ -200,15 +203,20 @@ export class View {
     message.setText(text);
     this.messages.append(element);
     this.empty.hidden = true;
-    this.scrollToEnd(true);
+    this.scrollToEnd();
     return message;
   }
 
-  /** Keep the newest text in sight unless the reader scrolled up to read. */
-  scrollToEnd(force = false) {
+  /** Run `change`, then keep the end in sight unless the reader had scrolled up to read. */
+  follow(change) {
     const el = this.scroller;
-    const nearEnd = el.scrollHeight - el.scrollTop - el.clientHeight < 80;
-    if (force || nearEnd) el.scrollTop = el.scrollHeight;
+    const atEnd = el.scrollHeight - el.scrollTop - el.clientHeight < 80;
+    change();
+    if (atEnd) this.scrollToEnd();
+  }
+
+  scrollToEnd() {
+    this.scroller.scrollTop = this.scroller.scrollHeight;
   }
 
   // -- conversation list --------------------------------------------------------
@@ -240,7 +248,6 @@ export class View {
       if (id === currentId) open.setAttribute("aria-current", "page");
       const remove = $(".conversation-delete", row);
       remove.setAttribute("aria-label", `Delete “${name}”`);
-      remove.hidden = !id;
       return row;
     });
     this.conversations.replaceChildren(...rows);

@@ -99,6 +99,48 @@ def test_the_page_is_served_with_a_strict_content_policy(server):
     assert requests.get(f"{server.url}/healthz", timeout=5).json()["status"] == "ok"
 
 
+SPLIT_READER = """async (wire) => {
+    const { readEvents } = await import("./static/api.js");
+    const bytes = new TextEncoder().encode(wire);
+    const read = async (cuts) => {
+        const stream = new ReadableStream({
+            start(controller) {
+                let from = 0;
+                for (const cut of [...cuts, bytes.length]) {
+                    controller.enqueue(bytes.slice(from, cut));
+                    from = cut;
+                }
+                controller.close();
+            },
+        });
+        const events = [];
+        for await (const event of readEvents(stream)) events.push(event);
+        return JSON.stringify(events);
+    };
+    const whole = await read([]);
+    const differ = [];
+    for (let i = 1; i < bytes.length; i++) {
+        if ((await read([i])) !== whole) differ.push(i);
+    }
+    return { whole: JSON.parse(whole), differ };
+}"""
+
+
+def test_the_event_reader_agrees_at_every_split_point(page):
+    wire = (
+        'event: meta\r\ndata: {"a":1}\r\n\r\n: keepalive\n\n'
+        'id: 7\nevent: token\ndata: {"text":"h\u00e9 \u2603"}\n\n'
+        "event: done\rdata: one\rdata: two\r\rdata: cut off"
+    )
+    result = page.evaluate(SPLIT_READER, wire)
+    assert result["whole"] == [
+        {"type": "meta", "data": '{"a":1}', "id": None},
+        {"type": "token", "data": '{"text":"h\u00e9 \u2603"}', "id": "7"},
+        {"type": "done", "data": "one\ntwo", "id": "7"},
+    ]
+    assert result["differ"] == []
+
+
 def test_enter_sends_and_shift_enter_starts_a_new_line(page, upstream):
     prompt = marker()
     box = page.get_by_role("textbox", name="Message")
@@ -120,10 +162,10 @@ def test_enter_sends_and_shift_enter_starts_a_new_line(page, upstream):
 
 def test_stop_keeps_the_text_and_closes_the_provider_at_once(page, upstream):
     prompt = marker()
-    send(page, f"{prompt} {LONG}")
+    send(page, f"Why should Stop really stop the model? ({prompt}) {LONG}")
     stop_button = page.get_by_role("button", name="Stop generating")
     expect(stop_button).to_be_visible()
-    wait_words(page, 8)
+    wait_words(page, 24)
     shown, _ = stop_and_check(page, upstream, prompt, stop_button.click)
     assert shown.startswith("A stop button should stop the model")
     message = answer(page)
@@ -181,10 +223,12 @@ def test_a_stale_stop_never_aborts_the_next_answer(page, upstream):
     page.keyboard.press("Escape")
     assert upstream.ended(second)["ended"] == "client_closed"
     # Both stopped; only the latest answer can be regenerated or continued.
+    expect(answer(page).locator(".message-detail")).to_have_text(RECEIPT)
     older, latest = page.locator("#messages .message.assistant").all()
     expect(latest.get_by_role("button", name="Continue")).to_be_visible()
     expect(older.locator(".message-actions")).to_be_hidden()
     page.reload()
+    expect(page.locator("#messages .message.assistant")).to_have_count(2)
     older, latest = page.locator("#messages .message.assistant").all()
     expect(latest.get_by_role("button", name="Regenerate")).to_be_visible()
     expect(older.locator(".message-actions")).to_be_hidden()
@@ -374,6 +418,38 @@ def test_reload_restores_the_stopped_message_as_it_was_shown(page, upstream):
     expect(user).to_have_text(f"{prompt} {LONG}")
     current = page.locator("#conversations [aria-current=page]")
     expect(current).to_have_text(f"{prompt} {LONG}")
+
+
+def test_reload_mid_stream_keeps_what_was_shown_as_stopped(page, upstream):
+    prompt = marker()
+    send(page, f"{prompt} {LONG}")
+    wait_words(page, 5)
+    before = answer_text(page)
+    page.reload()
+    message = answer(page)
+    expect(message.locator(".badge")).to_have_text("Stopped", timeout=10_000)
+    assert message.locator(".message-text").text_content().startswith(before)
+    assert upstream.ended(prompt)["ended"] == "client_closed"
+
+
+def test_server_shutdown_marks_the_answer_interrupted(context, upstream, tmp_path):
+    server = Server(upstream.url, workers=1, STOPWIRE_DATABASE=str(tmp_path / "s.sqlite3"))
+    try:
+        page = open_page(context, server.url)
+        prompt = marker()
+        send(page, f"{prompt} {LONG}")
+        wait_words(page, 5)
+    finally:
+        server.close()  # SIGTERM: a graceful shutdown, as in a deploy
+    message = answer(page)
+    expect(message.locator(".badge")).to_have_text("Interrupted")
+    expect(message.locator(".message-detail")).to_have_text(
+        "The server shut down before this answer finished."
+    )
+    assert len(answer_text(page).split()) >= 5
+    expect_idle(page)
+    assert upstream.ended(prompt)["ended"] == "client_closed"
+    assert page.errors == []
 
 
 def test_conversations_new_switch_and_delete(page, upstream):

@@ -37,6 +37,10 @@ def metric(samples: dict[str, float], name: str, **labels: str) -> float:
     )
 
 
+def grew(before: dict, after: dict, name: str, **labels: str) -> float:
+    return metric(after, name, **labels) - metric(before, name, **labels)
+
+
 def test_metrics_count_every_outcome_across_two_workers(observed):
     before = scrape(observed)
     secret = uuid.uuid4().hex
@@ -54,20 +58,31 @@ def test_metrics_count_every_outcome_across_two_workers(observed):
     gone.events(tokens=2)
     gone.close_rst()
 
-    after = scrape(observed)  # /metrics may be served by either worker: both are counted
+    # The disconnect is recorded a moment after the close. /metrics may be served by
+    # either worker: both are counted.
+    disconnected = {"status": "stopped", "reason": "client_disconnect"}
+    for _ in range(100):
+        after = scrape(observed)
+        if grew(before, after, "stopwire_generations_total", **disconnected) == 1 and (
+            metric(after, "stopwire_generations_active") == 0
+        ):
+            break
+        time.sleep(0.05)
 
-    def grew(name, **labels):
-        return metric(after, name, **labels) - metric(before, name, **labels)
+    def grown(name, **labels):
+        return grew(before, after, name, **labels)
 
-    assert grew("stopwire_generations_total", status="complete") == 3
-    assert grew("stopwire_generations_total", status="error", reason="upstream_error") == 1
-    assert grew("stopwire_generations_total", status="stopped", reason="user_stop") == 1
-    assert grew("stopwire_provider_errors_total", type="provider_rate_limited") == 1
-    assert grew("stopwire_tokens_relayed_total") >= 3 * 5 + 1 + 2
-    assert grew("stopwire_stop_latency_seconds_count") == 2
-    assert grew("stopwire_stop_latency_seconds_bucket", le="1.0") == 2
-    assert grew("stopwire_time_to_first_token_seconds_count") == 5
-    assert grew("stopwire_heartbeats_total") >= 1
+    assert grown("stopwire_generations_total", **disconnected) == 1
+
+    assert grown("stopwire_generations_total", status="complete") == 3
+    assert grown("stopwire_generations_total", status="error", reason="upstream_error") == 1
+    assert grown("stopwire_generations_total", status="stopped", reason="user_stop") == 1
+    assert grown("stopwire_provider_errors_total", type="provider_rate_limited") == 1
+    assert grown("stopwire_tokens_relayed_total") >= 3 * 5 + 1 + 2
+    assert grown("stopwire_stop_latency_seconds_count") == 2
+    assert grown("stopwire_stop_latency_seconds_bucket", le="1.0") == 2
+    assert grown("stopwire_time_to_first_token_seconds_count") == 5
+    assert grown("stopwire_heartbeats_total") >= 1
     assert metric(after, "stopwire_generations_active") == 0
 
 
