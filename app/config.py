@@ -1,5 +1,6 @@
 """Every setting with its default; `STOPWIRE_*` environment variables override them."""
 
+import math
 import os
 
 DEFAULTS: dict[str, str | int | float] = {
@@ -43,6 +44,6 @@ def _positive(name: str, raw: str, kind: type) -> int | float:
         value = kind(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {raw!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {raw!r}")
     return value

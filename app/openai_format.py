@@ -122,6 +122,6 @@ def _chain(first: Iterable[Any], rest: Iterable[Any]) -> Iterator[Any]:
 def _data(payload: dict[str, Any]) -> bytes:
     return (
         b"data: "
-        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
         + b"\n\n"
     )

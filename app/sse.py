@@ -20,7 +20,8 @@ def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
         lines.append(f"id: {event_id}")
     lines.append(f"event: {event}")
     lines.append("data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")))
-    return ("\n".join(lines) + "\n\n").encode()
+    # A provider can send a lone surrogate (`"\\ud83d"`); it must not break the stream.
+    return ("\n".join(lines) + "\n\n").encode("utf-8", "replace")
 
 
 def encode(relay_events: Generator[Any, None, None]) -> Iterator[bytes]:

@@ -209,7 +209,7 @@ def _begin_turn(db, conversation_id, content, live):
     with _Transaction(db):
         if conversation_id is None:
             conversation_id = new_id("conv")
-            title = " ".join(content.split())[:TITLE_CHARS] or "New chat"
+            title = " ".join(content.split())[:TITLE_CHARS].rstrip() or "New chat"
             db.execute(
                 "INSERT INTO conversations (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
                 (conversation_id, title, stamp, stamp),

@@ -83,7 +83,13 @@ def test_non_numbers_are_rejected_by_name(name, raw):
 def test_non_positive_numbers_are_rejected_by_name(name, raw):
     with pytest.raises(ValueError) as info:
         from_environ({name: raw})
-    assert str(info.value) == f"{name} must be positive, got {raw!r}"
+    assert str(info.value) == f"{name} must be a positive number, got {raw!r}"
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_rejected(raw):
+    with pytest.raises(ValueError, match="STOPWIRE_HEARTBEAT_S must be a positive number"):
+        from_environ({"STOPWIRE_HEARTBEAT_S": raw})
 
 
 def test_reads_os_environ_by_default(monkeypatch):

@@ -108,3 +108,7 @@ def test_events_stop_reading_when_the_consumer_stops():
     stream = events(body())
     assert next(stream).data == "one"
     stream.close()
+
+
+def test_a_lone_surrogate_from_a_provider_cannot_break_a_frame():
+    assert frame("token", {"text": "a\ud83db"}) == b'event: token\ndata: {"text":"a?b"}\n\n'
