@@ -1,0 +1,125 @@
+"""Exact bytes of the OpenAI chunks and of our own SSE encoding, from relay events."""
+
+import json
+
+from app import openai_format as fmt
+from app import sse
+from app.streaming import RelayEvent
+
+
+def relay(*events):
+    yield from events
+
+
+def test_our_sse_encoding_numbers_token_frames():
+    events = relay(
+        RelayEvent("meta", {"generation_id": "gen_1"}),
+        RelayEvent("token", "Hi"),
+        RelayEvent("keepalive"),
+        RelayEvent("token", " there"),
+        RelayEvent("error", {"type": "provider_timeout", "message": "slow"}),
+        RelayEvent("done", {"status": "error"}),
+    )
+    assert b"".join(sse.encode(events)) == (
+        b'event: meta\ndata: {"generation_id":"gen_1"}\n\n'
+        b'id: 1\nevent: token\ndata: {"text":"Hi"}\n\n'
+        b": keepalive\n\n"
+        b'id: 2\nevent: token\ndata: {"text":" there"}\n\n'
+        b'event: error\ndata: {"error":{"type":"provider_timeout","message":"slow"}}\n\n'
+        b'event: done\ndata: {"status":"error"}\n\n'
+    )
+
+
+def test_encoding_closes_the_relay_when_closed_early():
+    closed = []
+
+    def events():
+        try:
+            yield RelayEvent("token", "a")
+            yield RelayEvent("token", "b")
+        finally:
+            closed.append(True)
+
+    body = sse.encode(events())
+    next(body)
+    body.close()
+    assert closed == [True]
+
+
+def chunks(body: bytes) -> list:
+    return [
+        line.removeprefix(b"data: ").decode()
+        for line in body.split(b"\n\n")
+        if line.startswith(b"data: ")
+    ]
+
+
+def test_openai_stream_of_a_complete_answer_with_usage():
+    completion = fmt.Completion("gen_abc", "m")
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "estimated": False}
+    body = b"".join(
+        fmt.encode(
+            completion,
+            [RelayEvent("token", "Hi")],
+            relay(
+                RelayEvent("keepalive"), RelayEvent("done", {"status": "complete", "usage": usage})
+            ),
+            include_usage=True,
+        )
+    )
+    assert b"\n\n: keepalive\n\n" in body
+    parts = chunks(body)
+    assert parts[-1] == "[DONE]"
+    first, token, final, usage_chunk = (json.loads(p) for p in parts[:-1])
+    assert first["id"] == "chatcmpl-abc" and first["object"] == "chat.completion.chunk"
+    assert first["choices"] == [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    ]
+    assert token["choices"][0]["delta"] == {"content": "Hi"}
+    assert final["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+def test_openai_stream_of_a_failed_answer_ends_with_an_error_and_no_done():
+    completion = fmt.Completion("gen_abc", "m")
+    body = b"".join(
+        fmt.encode(
+            completion,
+            [],
+            relay(
+                RelayEvent("error", {"type": "provider_disconnected", "message": "cut"}),
+                RelayEvent("done", {"status": "error", "reason": "upstream_error"}),
+            ),
+            include_usage=True,
+        )
+    )
+    parts = chunks(body)
+    assert "[DONE]" not in parts
+    assert json.loads(parts[-1]) == {
+        "error": {
+            "message": "cut",
+            "type": "server_error",
+            "param": None,
+            "code": "provider_disconnected",
+        }
+    }
+
+
+def test_openai_stream_of_an_interrupted_answer_says_so():
+    completion = fmt.Completion("gen_abc", "m")
+    done = {"status": "interrupted", "reason": "shutdown"}
+    body = b"".join(fmt.encode(completion, [], relay(RelayEvent("done", done)), False))
+    error = json.loads(chunks(body)[-1])["error"]
+    assert error["code"] == "shutdown" and "shutting down" in error["message"]
+
+
+def test_whole_completion_and_error_statuses():
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3, "estimated": True}
+    whole = fmt.Completion("gen_x", "m").whole("Hello", usage)
+    assert whole["choices"][0]["message"] == {"role": "assistant", "content": "Hello"}
+    assert whole["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert fmt.relay_error_status({"type": "provider_rate_limited"}) == 429
+    assert fmt.relay_error_status({"type": "provider_timeout"}) == 504
+    assert fmt.relay_error_status({"type": "provider_unavailable"}) == 503
+    assert fmt.relay_error_status({"type": "provider_auth"}) == 502
