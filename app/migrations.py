@@ -45,6 +45,11 @@ MIGRATIONS = [
         PRIMARY KEY (message_id, version)
     );
     """,
+    # 2: how much of an answer's text came before its current generation (a continue),
+    # so a late stop cuts `seen_chars` after it, not from the start
+    """
+    ALTER TABLE messages ADD COLUMN base_chars INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 

@@ -77,7 +77,10 @@ class SqliteStore:
 
     def restart_answer(self, conversation_id: str, message_id: str, keep: bool, live: dict) -> dict:
         """Mark an existing answer `streaming` again: `keep` its text (continue) or
-        move it to the message's versions and start empty (regenerate)."""
+        move it to the message's versions and start empty (regenerate).
+
+        A continue's `live["base_chars"]` says how much of the kept text the new
+        generation extends (default: all of it)."""
         return self._run(_restart_answer, conversation_id, message_id, keep, live)
 
     def heartbeat(self, owner: str, texts: Iterable[tuple[str, str]], stale_s: float) -> int:
@@ -291,7 +294,7 @@ def _restart_answer(db, conversation_id, message_id, keep, live):
         db.execute(
             "UPDATE messages SET content = ?, status = 'streaming', reason = NULL, usage = NULL, "
             "receipt = NULL, model = ?, generation_id = ?, owner = ?, heartbeat_at = ?, "
-            "updated_at = ? WHERE id = ?",
+            "updated_at = ?, base_chars = ? WHERE id = ?",
             (
                 message["content"] if keep else "",
                 live["model"],
@@ -299,6 +302,7 @@ def _restart_answer(db, conversation_id, message_id, keep, live):
                 live["owner"],
                 time.time(),
                 stamp,
+                live.get("base_chars", len(message["content"])) if keep else 0,
                 message_id,
             ),
         )
@@ -345,7 +349,8 @@ def _amend_stop(db, generation_id, seen_chars):
     with _Transaction(db):
         db.execute(
             "UPDATE messages SET reason = 'user_stop', "
-            "content = CASE WHEN ? IS NULL THEN content ELSE substr(content, 1, ?) END, "
+            "content = CASE WHEN ? IS NULL THEN content "
+            "ELSE substr(content, 1, base_chars + ?) END, "
             "receipt = json_set(receipt, '$.signal', 'user_stop'), updated_at = ? "
             "WHERE generation_id = ? AND status = 'stopped' AND reason = 'client_disconnect'",
             (seen_chars, seen_chars, now_iso(), generation_id),

@@ -63,7 +63,7 @@ def test_migrate_creates_the_schema_and_records_each_version(db_path):
 
 def test_migrate_returns_the_number_of_migrations(db_path):
     db = connect(db_path)
-    assert migrations.migrate(db) == len(migrations.MIGRATIONS) == 1
+    assert migrations.migrate(db) == len(migrations.MIGRATIONS) == 2
 
 
 def test_connect_twice_on_one_file_does_not_rerun_migrations(db_path):
@@ -74,7 +74,7 @@ def test_connect_twice_on_one_file_does_not_rerun_migrations(db_path):
     second = connect(db_path)  # another worker process opening the same file
     third = connect(db_path)
     rows = second.execute("SELECT version, COUNT(*) FROM schema_version GROUP BY version")
-    assert [tuple(r) for r in rows] == [(1, 1)]
+    assert [tuple(r) for r in rows] == [(n, 1) for n in range(1, len(migrations.MIGRATIONS) + 1)]
     assert [tuple(r) for r in third.execute("SELECT id FROM conversations")] == [("c",)]
     first.close()
     second.close()
@@ -87,10 +87,8 @@ def test_a_new_migration_is_applied_on_top_of_an_existing_file(db_path, monkeypa
         migrations, "MIGRATIONS", [*migrations.MIGRATIONS, "CREATE TABLE extra (x INTEGER)"]
     )
     db = connect(db_path)
-    assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [
-        1,
-        2,
-    ]
+    versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == list(range(1, len(migrations.MIGRATIONS) + 1))
     assert db.execute("SELECT COUNT(*) FROM extra").fetchone()[0] == 0
 
 
@@ -101,7 +99,8 @@ def test_a_failing_migration_is_rolled_back_whole(db_path, monkeypatch):
     with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
         connect(db_path)
     db = raw(db_path)
-    assert [r[0] for r in db.execute("SELECT version FROM schema_version")] == [1]
+    versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == list(range(1, len(migrations.MIGRATIONS)))  # all but the broken one
     assert db.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchone() is None
 
 
@@ -885,3 +884,29 @@ def test_now_iso_is_utc_with_milliseconds():
     assert stamp.endswith("Z")
     assert stamp[10] == "T"
     assert stamp[19] == "."
+
+
+def test_version_1_files_gain_base_chars_and_keep_their_rows(db_path, monkeypatch):
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+    old = SqliteStore(db_path)
+    ids = old.begin_turn(None, "hi", live(1))
+    finished(old, ids["message_id"], content="Hello", status="stopped", reason="client_disconnect")
+    monkeypatch.undo()
+    upgraded = SqliteStore(db_path)
+    assert upgraded.amend_stop("gen_1", 2)["content"] == "He"
+    columns = [r[1] for r in raw(db_path).execute("PRAGMA table_info(messages)")]
+    assert "base_chars" in columns
+
+
+def test_a_late_stop_of_a_continuation_cuts_after_the_kept_text(st):
+    ids = st.begin_turn(None, "hi", live(1))
+    finished(st, ids["message_id"], content="Hello", status="stopped", reason="user_stop")
+    st.restart_answer(ids["conversation_id"], ids["message_id"], True, {**live(2), "base_chars": 5})
+    finished(
+        st,
+        ids["message_id"],
+        content="Hello there, world",
+        status="stopped",
+        reason="client_disconnect",
+    )
+    assert st.amend_stop("gen_2", 6)["content"] == "Hello there"

@@ -71,7 +71,7 @@ def _restart(conversation_id: str, message_id: str, action: str) -> Response:
     else:
         messages, prefix = history.provider_messages(saved[:index]), ""
     generation_id = new_generation_id()
-    live = stopwire.live_fields(generation_id)
+    live = {**stopwire.live_fields(generation_id), "base_chars": len(prefix)}
     try:
         stopwire.store.restart_answer(conversation_id, message_id, action == "continue", live)
     except Conflict as exc:

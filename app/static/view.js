@@ -20,7 +20,6 @@ const ACTIONS = {
 const SIGNALS = {
   user_stop: "Stop",
   client_disconnect: "the page left",
-  shutdown: "the server shut down",
 };
 
 const REASONS = {

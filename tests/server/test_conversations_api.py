@@ -237,3 +237,28 @@ def test_list_pages_newest_first_and_delete(server):
     deleted = requests.delete(f"{server.url}/api/conversations/{ids[0]}", timeout=10)
     assert deleted.status_code == 204
     assert requests.get(f"{server.url}/api/conversations/{ids[0]}", timeout=10).status_code == 404
+
+
+def test_a_late_stop_of_a_continuation_keeps_the_earlier_text(server, upstream):
+    conn = open_stream(server.url, f"{marker()} [demo tokens=300 gap=0.02]")
+    first = streamed_text(conn.events(tokens=3))
+    stop(server, conn, seen_chars=len(first))
+    conn.events()
+    ids = conn.meta
+    prompt_count = len(upstream.streams())
+    follow = Connection(server.url)
+    follow.post(
+        f"/api/conversations/{ids['conversation_id']}/messages/{ids['message_id']}/continue", {}
+    )
+    events = follow.events(tokens=4)
+    more = streamed_text(events)
+    follow.close_rst()  # the page aborts its fetch, then its stop arrives
+    deadline = time.monotonic() + 5
+    while answer(server, conn)["status"] == "streaming" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(upstream.streams()) == prompt_count + 1
+    url = f"{server.url}/api/generations/{events[0].data['generation_id']}/stop"
+    assert requests.post(url, json={"seen_chars": 2}, timeout=10).json()["reason"] == "user_stop"
+    saved = answer(server, conn)
+    assert saved["content"] == first + more[:2]
+    assert (saved["status"], saved["reason"]) == ("stopped", "user_stop")
