@@ -1,16 +1,17 @@
 """Anthropic Messages streaming (`POST {url}/messages` with `stream: true`)."""
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from app.providers.base import (
     Delta,
+    Endpoint,
     Message,
     ProviderCall,
     ProviderStreamError,
     UnsupportedOption,
     Usage,
+    json_object,
 )
 from app.sse import events
 
@@ -18,16 +19,11 @@ API_VERSION = "2023-06-01"
 MAX_TOKENS = 4096
 
 
-class AnthropicProvider:
+class AnthropicProvider(Endpoint):
     """Speaks the Messages API; system turns become its top-level `system` field."""
 
     name = "anthropic"
     prefill = True  # a final assistant turn is continued natively
-
-    def __init__(self, url: str, api_key: str, model: str):
-        self.url = url.rstrip("/")
-        self.api_key = api_key
-        self.model = model
 
     def build_call(
         self, messages: list[Message], options: dict[str, Any] | None = None
@@ -55,7 +51,7 @@ class AnthropicProvider:
         """Deltas from the typed events; `message_stop` ends the answer."""
         prompt_tokens = completion_tokens = 0
         for event in events(chunks):
-            data = _json(event.data)
+            data = json_object(event.data)
             kind = data.get("type") or event.event
             if kind == "message_start":
                 usage = (data.get("message") or {}).get("usage") or {}
@@ -94,13 +90,3 @@ def _count(usage: dict, key: str, default: int) -> int:
         return int(usage.get(key, default))
     except (TypeError, ValueError) as exc:
         raise ProviderStreamError(f"unexpected usage shape: {usage!r:.120}") from exc
-
-
-def _json(data: str) -> dict:
-    try:
-        parsed = json.loads(data)
-    except ValueError as exc:
-        raise ProviderStreamError(f"malformed stream line: {data[:120]!r}") from exc
-    if not isinstance(parsed, dict):
-        raise ProviderStreamError(f"malformed stream line: {data[:120]!r}")
-    return parsed

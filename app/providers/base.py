@@ -13,6 +13,7 @@ malformed streams (the `type` is what clients see in `error` events)::
     └── ProviderDisconnected           provider_disconnected (stream cut mid-answer)
 """
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -82,6 +83,26 @@ class Provider(Protocol):
     def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
         """Turn raw body chunks into deltas; ends with a `finished` delta or raises."""
         ...
+
+
+class Endpoint:
+    """Where a provider lives and how it is addressed: what every provider is built from."""
+
+    def __init__(self, url: str, api_key: str, model: str):
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.model = model
+
+
+def json_object(line: str | bytes) -> dict[str, Any]:
+    """One stream line's JSON object, or a ProviderStreamError saying it is malformed."""
+    try:
+        parsed = json.loads(line)
+    except ValueError as exc:
+        raise ProviderStreamError(f"malformed stream line: {line[:120]!r}") from exc
+    if not isinstance(parsed, dict):
+        raise ProviderStreamError(f"malformed stream line: {line[:120]!r}")
+    return parsed
 
 
 class UnsupportedOption(ValueError):

@@ -1,10 +1,17 @@
 """Ollama's native chat API (`POST {url}/api/chat`), which streams NDJSON lines."""
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from app.providers.base import Delta, Message, ProviderCall, ProviderStreamError, Usage
+from app.providers.base import (
+    Delta,
+    Endpoint,
+    Message,
+    ProviderCall,
+    ProviderStreamError,
+    Usage,
+    json_object,
+)
 
 # OpenAI's option names in Ollama's `options`; `user` (an end-user tag) has no
 # counterpart and changes nothing in the answer, so it is dropped.
@@ -18,16 +25,11 @@ _OPTIONS = {
 }
 
 
-class OllamaProvider:
+class OllamaProvider(Endpoint):
     """Speaks `/api/chat`; the final line (`done: true`) carries the token counts."""
 
     name = "ollama"
     prefill = False
-
-    def __init__(self, url: str, api_key: str, model: str):
-        self.url = url.rstrip("/")
-        self.api_key = api_key
-        self.model = model
 
     def build_call(
         self, messages: list[Message], options: dict[str, Any] | None = None
@@ -47,7 +49,7 @@ class OllamaProvider:
     def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
         """Deltas from each complete line; the `done` line ends the answer."""
         for line in _lines(chunks):
-            data = _json(line)
+            data = json_object(line)
             if "error" in data:
                 raise ProviderStreamError(str(data["error"]))
             text = (data.get("message") or {}).get("content")
@@ -77,13 +79,3 @@ def _usage(data: dict) -> Usage:
         return Usage(int(data.get("prompt_eval_count", 0)), int(data.get("eval_count", 0)))
     except (TypeError, ValueError) as exc:
         raise ProviderStreamError("unexpected token counts in the final line") from exc
-
-
-def _json(line: bytes) -> dict:
-    try:
-        parsed = json.loads(line)
-    except ValueError as exc:
-        raise ProviderStreamError(f"malformed stream line: {line[:120]!r}") from exc
-    if not isinstance(parsed, dict):
-        raise ProviderStreamError(f"malformed stream line: {line[:120]!r}")
-    return parsed

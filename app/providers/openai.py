@@ -1,24 +1,26 @@
 """OpenAI-compatible chat completions streaming (OpenAI, vLLM, llama.cpp, LM Studio,
 OpenRouter, Ollama's /v1, and the built-in demo)."""
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from app.providers.base import Delta, Message, ProviderCall, ProviderStreamError, Usage
+from app.providers.base import (
+    Delta,
+    Endpoint,
+    Message,
+    ProviderCall,
+    ProviderStreamError,
+    Usage,
+    json_object,
+)
 from app.sse import events
 
 
-class OpenAIProvider:
+class OpenAIProvider(Endpoint):
     """Speaks `POST {url}/chat/completions` with `stream: true`."""
 
     name = "openai"
     prefill = False
-
-    def __init__(self, url: str, api_key: str, model: str):
-        self.url = url.rstrip("/")
-        self.api_key = api_key
-        self.model = model
 
     def build_call(
         self, messages: list[Message], options: dict[str, Any] | None = None
@@ -43,7 +45,7 @@ class OpenAIProvider:
             if event.data.strip() == "[DONE]":
                 yield Delta(finished=True)
                 return
-            chunk = _json(event.data)
+            chunk = json_object(event.data)
             if "error" in chunk:
                 raise ProviderStreamError(_error_text(chunk["error"]))
             text, usage, finish_reason = _chunk_parts(chunk)
@@ -67,16 +69,6 @@ def _chunk_parts(chunk: dict) -> tuple[str, Usage | None, bool]:
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ProviderStreamError(f"unexpected chunk shape: {str(chunk)[:120]}") from exc
     return text, parsed_usage, finish_reason
-
-
-def _json(data: str) -> dict:
-    try:
-        parsed = json.loads(data)
-    except ValueError as exc:
-        raise ProviderStreamError(f"malformed stream line: {data[:120]!r}") from exc
-    if not isinstance(parsed, dict):
-        raise ProviderStreamError(f"malformed stream line: {data[:120]!r}")
-    return parsed
 
 
 def _error_text(error: object) -> str:
