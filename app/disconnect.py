@@ -34,6 +34,17 @@ def peer_closed(sock: socket.socket) -> bool:
         return True
 
 
+def give_up_after(sock: socket.socket, seconds: float) -> None:
+    """Have the kernel drop the connection once data it sent goes unacknowledged this long.
+
+    A client whose network vanished sends neither FIN nor RST: without this the kernel
+    retransmits our heartbeats for about 15 minutes before it gives up. With it, the
+    socket fails after `seconds`, and the watcher sees the TCP state leave ESTABLISHED.
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(seconds * 1000)))
+
+
 def watch(sock: socket.socket, on_gone: Callable[[], object]) -> None:
     """Call `on_gone` once the client is gone. Run it in a greenlet; kill it to stop watching."""
     try:

@@ -134,6 +134,8 @@ class Generation:
         watcher = None
         try:
             if client_sock is not None:
+                # Two heartbeats unacknowledged: the client's network is gone.
+                disconnect.give_up_after(client_sock, 2 * self.settings.heartbeat_s)
                 watcher = gevent.spawn(disconnect.watch, client_sock, self._client_gone)
             self._pump.start()
             yield RelayEvent("meta", self.meta)

@@ -63,8 +63,15 @@ class Upstream:
 class Server:
     """`gunicorn -c gunicorn.conf.py` with gevent workers, on a free loopback port."""
 
-    def __init__(self, upstream_url: str, workers: int = 1, host_app: str = "", **settings: str):
-        self.port = free_port()
+    def __init__(
+        self,
+        upstream_url: str,
+        workers: int = 1,
+        host_app: str = "",
+        port: int = 0,
+        **settings: str,
+    ):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database = Path(tempfile.mkdtemp(prefix="stopwire-test-")) / "stopwire.sqlite3"
         env = {
