@@ -2,16 +2,17 @@
 
 Three greenlets per generation; whichever ends first ends the others:
 
-- the **handler** greenlet iterates `Generation.stream()` (gunicorn writes what it
-  yields): it waits on the queue with a heartbeat timeout and turns what it gets into
-  SSE frames, coalescing tokens that queued up while the client was slow;
+- the **handler** greenlet iterates `Generation.events()` (a wire format encodes them
+  and gunicorn writes the bytes): it waits on the queue with a heartbeat timeout,
+  coalescing tokens that queued up while the client was slow;
 - the **pump** greenlet opens the provider stream and parses it into the queue;
 - the **watcher** greenlet waits for the client's socket to close (app/disconnect.py).
 
-A stop (the client left, or asked) decides the outcome and kills the pump. The
-GreenletExit lands in the pump's blocked read (or connect, before the provider has
-answered) and the connection is closed in the pump's own greenlet: never by a
-cross-greenlet `Response.close()`, which fails on a read in progress. The handler's
+A stop (the client left, or asked) decides the outcome, shuts the provider socket down
+(the provider sees our FIN at once) and kills the pump. The GreenletExit lands in the
+pump's blocked read (or connect, before the provider has answered) and the connection
+is closed in the pump's own greenlet: never by a cross-greenlet `Response.close()`,
+which fails on a read in progress. The handler's
 `finally` kills the watcher before gunicorn reads the next keep-alive request.
 
 Race rule: the first outcome decided wins. A stop that arrives after the provider's
@@ -21,6 +22,7 @@ final event was parsed reports `complete`; a stop before it reports `stopped`.
 import logging
 import math
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -120,6 +122,7 @@ class Generation:
         self.closed_at: float | None = None
         self.tokens_after_stop = 0
         self._received: list[str] = []
+        self._response: requests.Response | None = None
         self._queue: Queue = Queue()
         self._pump = gevent.Greenlet(self._read_provider)
 
@@ -230,6 +233,7 @@ class Generation:
             self.stop_at = time.monotonic()
             self.seen_chars = seen_chars
             self._decide(Outcome(status, reason))
+            self._hang_up()
             self._pump.kill(block=False)
         return self.outcome  # type: ignore[return-value]
 
@@ -237,6 +241,25 @@ class Generation:
         """The answer as it should be saved: what the user saw of it, if they said."""
         text = self.text()
         return text if self.seen_chars is None else text[: self.seen_chars]
+
+    def _hang_up(self) -> None:
+        """Send the provider our FIN now, from whichever greenlet is stopping.
+
+        Only a socket shutdown, never a cross-greenlet `Response.close()`: the pump,
+        killed next, still closes the connection itself. With many stops at once
+        (a mass disconnect) each provider hears of its stop without waiting for the
+        pumps to unwind in turn. Before the response headers there is no socket to
+        reach: killing the pump does it.
+        """
+        connection = self._response.raw.connection if self._response is not None else None
+        sock = connection.sock if connection is not None else None
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return  # already closed
+        self.closed_at = time.monotonic()
 
     def wait_settled(self, timeout: float) -> bool:
         """Wait until the outcome is final and recorded; False on timeout."""
@@ -269,7 +292,9 @@ class Generation:
         try:
             call = self.provider.build_call(self.messages, self.options)
             timeouts = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
-            response = open_stream(self.session, call, timeouts, self.settings.api_key)
+            response = self._response = open_stream(
+                self.session, call, timeouts, self.settings.api_key
+            )
             for delta in self.provider.parse(iter_body(response)):
                 self._take(delta)
                 if delta.finished:
@@ -288,7 +313,8 @@ class Generation:
         finally:
             if response is not None:
                 response.close()
-            self.closed_at = time.monotonic()
+            if self.closed_at is None:
+                self.closed_at = time.monotonic()
 
     def _take(self, delta: Delta) -> None:
         if delta.usage is not None:
