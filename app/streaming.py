@@ -117,7 +117,6 @@ class Generation:
         self.ended_at: float | None = None
         self.heartbeats = 0
         self.delivered_tokens = 0
-        self.delivered_chars = 0
         self.stop_at: float | None = None
         self.closed_at: float | None = None
         self.tokens_after_stop = 0
@@ -170,7 +169,6 @@ class Generation:
             if texts:
                 text = "".join(texts)
                 self.delivered_tokens += len(texts)
-                self.delivered_chars += len(text)
                 yield RelayEvent("token", text)
             if item is _END:
                 return
