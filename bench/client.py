@@ -14,12 +14,48 @@ from urllib.parse import urlsplit
 CLOSES = ("fin", "rst")
 
 
+def get_json(sock: socket.socket, host: str, path: str) -> dict:
+    """GET `path` on a keep-alive socket and return its JSON body (Content-Length framed).
+
+    Used to learn which gunicorn worker a connection landed on (`/healthz` -> pid)
+    before the same connection carries a stream.
+    """
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        raw += _recv_some(sock)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += _recv_some(sock)
+    return json.loads(body[:length])
+
+
+def _recv_some(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise EOFError("the server closed the connection")
+    return data
+
+
 class Stream:
     """One POST whose chunked SSE response is read frame by frame."""
 
-    def __init__(self, base_url: str, path: str, body: dict, timeout: float = 30.0):
+    def __init__(
+        self,
+        base_url: str,
+        path: str,
+        body: dict,
+        timeout: float = 30.0,
+        sock: socket.socket | None = None,
+    ):
         parts = urlsplit(base_url)
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        # An idle keep-alive socket may be passed in: it stays on the worker that owns it.
+        self.sock = sock or socket.create_connection((parts.hostname, parts.port), timeout=timeout)
         payload = json.dumps(body).encode()
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
@@ -42,13 +78,30 @@ class Stream:
             self._read_head()
         seen = 0
         while seen < count:
-            while b"\n\n" not in self._body:
-                if self.finished:
-                    raise EOFError(f"the stream ended after {seen} of {count} frames")
-                self._recv()
-                self._dechunk()
-            frame, self._body = self._body.split(b"\n\n", 1)
+            frame = self._next_frame()
+            if frame is None:
+                raise EOFError(f"the stream ended after {seen} of {count} frames")
             seen += wanted(frame)
+
+    def _next_frame(self) -> bytes | None:
+        """The next SSE frame, from what is buffered first: received chunks wait for no one."""
+        while True:
+            self._dechunk()
+            if b"\n\n" in self._body:
+                frame, self._body = self._body.split(b"\n\n", 1)
+                return frame
+            if self.finished:
+                return None
+            self._recv()
+
+    def read_meta(self) -> dict:
+        """Read Stopwire's first frame, `event: meta`, and return its data."""
+        if not self._head_read:
+            self._read_head()
+        frame = self._next_frame() or b""
+        if not frame.startswith(b"event: meta"):
+            raise RuntimeError(f"expected the meta frame first, got {frame[:200]!r}")
+        return json.loads(frame.split(b"data: ", 1)[1])
 
     def read_to_end(self) -> None:
         """Read the whole response."""

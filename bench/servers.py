@@ -71,7 +71,7 @@ class Demo(Process):
 
 
 class Gunicorn(Process):
-    """gunicorn with one gevent worker on a free loopback port."""
+    """gunicorn with gevent workers on a free loopback port."""
 
     def __init__(
         self, name: str, args: list[str], env: dict[str, str], port: int, scratch: str = ""
@@ -92,26 +92,34 @@ class Gunicorn(Process):
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def stopwire(provider_url: str) -> Gunicorn:
-    """Stopwire as it ships: `gunicorn -c gunicorn.conf.py`, one worker.
+def stopwire(provider_url: str, workers: int = 1, **settings: str) -> Gunicorn:
+    """Stopwire as it ships: `gunicorn -c gunicorn.conf.py`, one worker unless told.
 
     Its conversations go to a fresh database of our own, not the instance folder's.
+    `settings` are more STOPWIRE_* variables, e.g. WORKER_CONNECTIONS="2000".
     """
     port = free_port()
     scratch = tempfile.mkdtemp(prefix="stopwire-bench-")
     env = {
         "STOPWIRE_BIND": f"127.0.0.1:{port}",
-        "STOPWIRE_WORKERS": "1",
+        "STOPWIRE_WORKERS": str(workers),
         "STOPWIRE_PROVIDER_URL": provider_url,
         "STOPWIRE_DATABASE": os.path.join(scratch, "stopwire.sqlite3"),
+        **{f"STOPWIRE_{key}": value for key, value in settings.items()},
     }
-    return Gunicorn("stopwire", ["-c", "gunicorn.conf.py"], env, port, scratch)
+    # One log per worker count: the suite runs a one-worker and a two-worker Stopwire.
+    name = "stopwire" if workers == 1 else f"stopwire-{workers}w"
+    return Gunicorn(name, ["-c", "gunicorn.conf.py"], env, port, scratch)
 
 
-def baseline(provider_url: str) -> Gunicorn:
+def baseline(provider_url: str, worker_connections: int = 1000) -> Gunicorn:
     """The plain relay under the same gevent worker, one of it."""
     port = free_port()
-    args = ["-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}", "bench.baseline_relay:app"]
+    # No control socket: its one default path per user would clash with other instances.
+    args = ["-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}", "--no-control-socket"]
+    # Not Stopwire's gunicorn.conf.py, which gunicorn would read from the cwd by default.
+    args += ["-c", "/dev/null"]
+    args += ["--worker-connections", str(worker_connections), "bench.baseline_relay:app"]
     return Gunicorn("baseline", args, {"BASELINE_PROVIDER_URL": provider_url}, port)
 
 

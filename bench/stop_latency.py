@@ -97,7 +97,8 @@ class Sample:
 def leave(system: System, scenario: Scenario, how: str, marker: str) -> float:
     """Open a stream, read its first tokens, wait, close; returns the close moment."""
     stream = system.open(f"{marker} {scenario.directive}")
-    stream.read_frames(scenario.tokens_before, system.is_token)
+    if scenario.tokens_before:  # else leave before the response head (the baseline has none yet)
+        stream.read_frames(scenario.tokens_before, system.is_token)
     if scenario.pause_s:
         time.sleep(scenario.pause_s)
     return stream.close(how)

@@ -1,0 +1,148 @@
+"""What a relay adds to each token: latency, time to first token, CPU.
+
+Per-token latency = when the client received the k-th word minus when the demo
+provider sent its k-th token (`token_times`); both are `time.monotonic()` on this
+host. CPU per token = the relay worker's utime + stime over the run (from
+/proc/<pid>/stat) divided by the tokens it relayed.
+"""
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import loadgen, servers
+from bench.stop_latency import percentile
+
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a client POSTs a prompt, how it words the body, and the process to meter."""
+
+    name: str
+    url: str
+    path: str
+    body: Callable[[str], dict]
+    pid: int | None = None  # the relay's worker; None when the client reads the demo itself
+
+
+def content_body(prompt: str) -> dict:
+    """Stopwire with the store on (and the baseline): a new conversation, saved."""
+    return {"content": prompt}
+
+
+def messages_body(prompt: str) -> dict:
+    """Stopwire with the store off: the caller keeps the history, nothing is saved."""
+    return {"messages": [{"role": "user", "content": prompt}]}
+
+
+def openai_body(prompt: str) -> dict:
+    """The demo provider read directly: no relay at all."""
+    return {"model": "stopwire-demo", "stream": True, "messages": messages_body(prompt)["messages"]}
+
+
+def stopwire_target(name: str, gunicorn: servers.Gunicorn, body: Callable[[str], dict]) -> Target:
+    """Stopwire's /api/chat, metered on its one worker."""
+    return Target(name, gunicorn.url, "/api/chat", body, only_child(gunicorn.process.pid))
+
+
+def baseline_target(gunicorn: servers.Gunicorn) -> Target:
+    """The plain relay, metered on its one worker."""
+    return Target("baseline", gunicorn.url, "/chat", content_body, only_child(gunicorn.process.pid))
+
+
+def direct_target(demo: servers.Demo) -> Target:
+    """No proxy: the client reads the provider, the floor every relay is compared with."""
+    return Target("no proxy", demo.base, "/v1/chat/completions", openai_body)
+
+
+def only_child(pid: int) -> int:
+    """The single worker of a one-worker gunicorn master."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    if len(children) != 1:
+        raise RuntimeError(f"expected one worker under {pid}, found {children}")
+    return int(children[0])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime (fields 14, 15)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@dataclass
+class Load:
+    """One run of `streams` concurrent streams through one target."""
+
+    target: str
+    streams: int
+    gap_s: float
+    latencies_ms: list[float]
+    ttft_ms: list[float]
+    tokens: int
+    seconds: float
+    cpu_s: float | None
+    incomplete: int
+
+    def stats(self) -> dict:
+        """Percentiles (nearest rank), token rate and CPU per token."""
+        lat, ttft = sorted(self.latencies_ms), sorted(self.ttft_ms)
+        return {
+            "target": self.target,
+            "streams": self.streams,
+            "gap_ms": self.gap_s * 1000,
+            "token_p50_ms": percentile(lat, 50),
+            "token_p99_ms": percentile(lat, 99),
+            "ttft_p50_ms": percentile(ttft, 50),
+            "ttft_p99_ms": percentile(ttft, 99),
+            "tokens": self.tokens,
+            "tokens_per_s": self.tokens / self.seconds if self.seconds else None,
+            "cpu_us_per_token": (
+                self.cpu_s / self.tokens * 1e6 if self.cpu_s is not None and self.tokens else None
+            ),
+            "incomplete": self.incomplete,
+        }
+
+
+def measure(
+    target: Target, demo: servers.Demo, streams: int, tokens: int, gap_s: float, stagger_s: float
+) -> Load:
+    """Run `streams` streams of `tokens` tokens at `gap_s` through `target`; match to the demo."""
+    directive = f"[demo ttft=0.02 tokens={tokens} gap={gap_s}]"
+    prompts = {f"bench-{uuid.uuid4().hex[:16]}": None for _ in range(streams)}
+    bodies = {m: target.body(f"{m} {directive}") for m in prompts}
+    demo.clear()
+    cpu_before = cpu_seconds(target.pid) if target.pid else None
+    timeout = 60 + tokens * gap_s * 3 + streams * stagger_s
+    received = loadgen.run(target.url, target.path, bodies, timeout, stagger_s)
+    cpu = cpu_seconds(target.pid) - cpu_before if target.pid else None
+    records = {r["prompt"].split()[0]: r for r in demo.records()}
+    latencies, ttft, count = [], [], 0
+    for got in received:
+        sent = records[got.marker]["token_times"]
+        latencies += [(a - s) * 1000 for a, s in zip(got.token_at, sent, strict=False)]
+        if got.token_at:
+            ttft.append((got.token_at[0] - got.sent_at) * 1000)
+        count += len(got.token_at)
+    first = min(g.sent_at for g in received)
+    last = max((g.token_at[-1] for g in received if g.token_at), default=first)
+    incomplete = sum(not g.complete or len(g.token_at) != tokens for g in received)
+    return Load(target.name, streams, gap_s, latencies, ttft, count, last - first, cpu, incomplete)
+
+
+def warm_up(target: Target) -> None:
+    """A few streams first: imports, pools and the worker's first requests are paid here."""
+    loadgen.run(target.url, target.path, {"warm": target.body("warm [demo ttft=0 tokens=3]")}, 20)
+    time.sleep(0.2)

@@ -1,0 +1,253 @@
+"""The benchmark suite (issue #6): Stopwire against the plain relay, in one run.
+
+    .venv/bin/python -m bench.suite            # full run, writes docs/benchmarks.{md,json} + PNGs
+    .venv/bin/python -m bench.suite --quick    # smoke run (< 60 s), writes bench/results/quick/
+
+Sections, each on loopback against the demo provider (which records when its client
+left and when it sent each token, in `time.monotonic()`):
+
+a. stop latency (client close -> provider closed) at 20 and 200 ms/token, during a
+   10 s silence, before the first token; FIN and RST; Stopwire vs baseline;
+b. explicit stop request -> provider closed, on the stream's worker and the other one;
+c. mass abort of many streams on one worker: time until the provider saw the last
+   close, leaks from /healthz;
+d. relay cost at 1, 200, 1,000 streams: per-token latency and TTFT against no proxy
+   and the baseline, token rate, CPU per token;
+e. memory per open stream (worker RSS growth / open streams, during c);
+f. store cost (issue #3): store on versus off at 200 streams.
+"""
+
+import argparse
+import json
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench import relay_cost, report, servers, stop_latency, stops, store_cost
+from bench.client import CLOSES
+from bench.stop_latency import PACED, SILENT, Row, Scenario, System
+
+SLOW = Scenario("slow", "200 ms/token", "[demo ttft=0.02 tokens=100 gap=0.2]", 3)
+FIRST = Scenario(
+    "first", "before the first token (5 s to it)", "[demo ttft=5 tokens=20 gap=0.02]", 0, 0.2
+)
+PARALLEL = (SLOW, SILENT, FIRST)  # trials this long run side by side, or the run takes hours
+
+
+NOTES = """\
+Command: `.venv/bin/python -m bench.suite` (`--quick` for a smoke run). Everything runs on
+loopback against the demo provider, whose records (`time.monotonic()`, one clock for every
+process on the host) say when it sent each token and when its client connection closed.
+One gunicorn gevent worker per system, except the stop requests (two workers). The
+baseline is `bench/baseline_relay.py`: a Flask generator over `requests` that closes the
+upstream in `finally`. p99 is nearest-rank. The host is shared with other test runs: the
+load average above says how busy it was, and the tails move with it.
+
+- **Stop latency**: the provider saw its client close, minus the client's close (or the
+  moment just before the stop request was sent). "in parallel" = the trials ran side by
+  side, staggered 20 ms (long scenarios; one at a time would take hours).
+- **Mass abort**: every stream read one token, then all clients closed (FIN) in one loop;
+  "all closed after" = the provider's last close minus the first client close. Leaks =
+  the worker's `/healthz` (open fds, live greenlets, live generations) after minus before,
+  both read once the worker is idle; a negative count is earlier work that finished.
+- **Relay cost**: per-token latency = client received the k-th word minus the provider sent
+  its k-th token (each demo token is one word, so coalesced frames are credited right);
+  TTFT = request sent to first token; "added" = minus no proxy at the same load; CPU per
+  token = the worker's utime + stime over the run / tokens relayed (10 ms tick resolution).
+- **Store cost**: the same Stopwire worker, `{"content"}` (saved, flushed every 1 s) versus
+  `{"messages"}` (nothing saved), alternating rounds."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """How big each section is."""
+
+    trials: int  # per scenario, close and system
+    abort_streams: int
+    loads: tuple[tuple[int, int, float], ...]  # (streams, tokens each, seconds between tokens)
+    store_streams: int
+    store_rounds: int
+    store_tokens: int
+
+
+FULL = Config(60, 1000, ((1, 200, 0.02), (200, 100, 0.02), (1000, 30, 0.2)), 200, 2, 100)
+QUICK = Config(5, 20, ((1, 30, 0.02), (20, 30, 0.02)), 20, 1, 40)
+STAGGER_S = 0.005  # between connects of a load: a burst of 1,000 SYNs measures the backlog
+
+
+def stop_section(systems: list[System], demo: servers.Demo, trials: int) -> list[Row]:
+    """a. Clients leaving: sequential at 20 ms/token, side by side for the long scenarios."""
+    rows = []
+    for how in CLOSES:
+        for system in systems:
+            samples = stop_latency.sequential(system, demo, PACED, how, trials)
+            rows.append(Row(PACED.title, how, system.name, samples))
+    for scenario in PARALLEL:
+        results = {s.name: stop_latency.concurrent(s, demo, scenario, trials) for s in systems}
+        for how in CLOSES:
+            for system in systems:
+                samples = results[system.name][how]
+                rows.append(Row(scenario.title, how, system.name, samples, parallel=True))
+    return rows
+
+
+def explicit_section(url: str, demo: servers.Demo, trials: int) -> list[Row]:
+    """b. Stop requests on the stream's own worker and on the other of two."""
+    samples = stops.explicit_stops(url, demo, trials)
+    return [Row(f"stop request, {where}", "request", "Stopwire", s) for where, s in samples.items()]
+
+
+def relay_section(
+    targets: list[relay_cost.Target], demo: servers.Demo, loads: tuple
+) -> list[relay_cost.Load]:
+    """d. Every load through every target, no proxy first."""
+    for target in targets:
+        relay_cost.warm_up(target)
+    results = []
+    for streams, tokens, gap in loads:
+        for target in targets:
+            stagger = STAGGER_S if streams > 1 else 0.0
+            results.append(relay_cost.measure(target, demo, streams, tokens, gap, stagger))
+    return results
+
+
+def raise_fd_limit(wanted: int = 8192) -> None:
+    """1,000 streams need ~2,000 descriptors in the bench and as many in a worker."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def run(config: Config) -> dict:
+    """Start everything, run every section, stop what we started; the raw results."""
+    raise_fd_limit()  # before the servers start: they inherit it
+    demo = servers.Demo()
+    started: list[servers.Process] = [demo]
+    try:
+        one = servers.stopwire(demo.url, WORKER_CONNECTIONS="2000", FLUSH_S="1")
+        started.append(one)
+        base = servers.baseline(demo.url, worker_connections=2000)
+        started.append(base)
+        two = servers.stopwire(demo.url, workers=2)
+        started.append(two)
+        systems = [
+            System("Stopwire", one.url, "/api/chat", stop_latency.stopwire_token),
+            System("baseline", base.url, "/chat", stop_latency.openai_token),
+        ]
+        targets = [
+            relay_cost.direct_target(demo),
+            relay_cost.baseline_target(base),
+            relay_cost.stopwire_target("Stopwire", one, relay_cost.messages_body),
+        ]
+        loads = relay_section(targets, demo, config.loads)
+        store_runs = store_cost.measure(
+            demo, one, config.store_streams, config.store_rounds, config.store_tokens
+        )
+        for system in systems:
+            stop_latency.warm_up(system, demo)
+        rows = stop_section(systems, demo, config.trials)
+        rows += explicit_section(two.url, demo, config.trials)
+        aborts = [
+            stops.mass_abort(systems[0], demo, config.abort_streams, targets[2].pid, True),
+            stops.mass_abort(systems[1], demo, config.abort_streams, targets[1].pid, False),
+        ]
+    finally:
+        for process in reversed(started):
+            process.close()
+    return {"rows": rows, "loads": loads, "aborts": aborts, "store": store_runs}
+
+
+def markdown(results: dict, header: list[str], config: Config) -> str:
+    """The whole report as markdown."""
+    gap_s = store_cost.GAP_S * 1000
+    parts = [
+        *header,
+        "",
+        NOTES,
+        "",
+        "## a, b. Stop latency (client close or stop request -> provider connection closed)",
+        "",
+        stop_latency.table(results["rows"]),
+        "",
+        f"## c, e. Mass abort: {config.abort_streams} streams on one worker closed at once",
+        "",
+        report.abort_table(results["aborts"]),
+        "",
+        "## d. Relay cost (Stopwire with the store off; one worker each)",
+        "",
+        report.relay_table(results["loads"]),
+        "",
+        f"## f. Store cost: {config.store_streams} streams x {config.store_tokens} tokens "
+        f"every {gap_s:.0f} ms, one worker, {config.store_rounds} alternating rounds per side",
+        "",
+        store_cost.table(store_cost.summary(results["store"])),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def to_json(results: dict, info: dict, load: dict, config: Config) -> dict:
+    """Everything as JSON, with the raw stop-latency samples."""
+    return {
+        "machine": info,
+        "load_average": load,
+        "config": asdict(config),
+        "stop_latency": [
+            {"scenario": r.scenario, "close": r.close, "system": r.system, **r.stats()}
+            | {"latencies_ms": r.latencies()}
+            for r in results["rows"]
+        ],
+        "mass_abort": [
+            {
+                "system": a.system,
+                "streams": a.streams,
+                "all_closed_ms": a.all_closed_ms,
+                "rss_per_stream_kib": a.rss_per_stream_kib,
+                "healthz_before": a.before,
+                "healthz_after": a.after,
+                "leaks": a.leaks(),
+                **Row("abort", "fin", a.system, a.samples).stats(),
+            }
+            for a in results["aborts"]
+        ],
+        "relay_cost": [load.stats() for load in results["loads"]],
+        "store_cost": store_cost.summary(results["store"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the suite, print the tables, write markdown, JSON and plots."""
+    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small counts, < 60 s")
+    parser.add_argument("--out", type=Path, help="where to write (docs/, or bench/results/quick/)")
+    args = parser.parse_args(argv)
+    config = QUICK if args.quick else FULL
+    out = args.out or (servers.RESULTS / "quick" if args.quick else servers.ROOT / "docs")
+    out.mkdir(parents=True, exist_ok=True)
+
+    began = time.monotonic()
+    load_start = os.getloadavg()  # other work on the host skews milliseconds: say so
+    results = run(config)
+    load = {"start": load_start, "end": os.getloadavg()}
+    info = stop_latency.machine()
+    header = [
+        f"# Stopwire benchmarks ({'quick' if args.quick else 'full'} run)",
+        "",
+        f"Machine: {stop_latency.machine_line(info)}",
+        f"Load average (1, 5, 15 min): {stop_latency.load_line(load['start'])} at start, "
+        f"{stop_latency.load_line(load['end'])} at end. "
+        f"Run took {time.monotonic() - began:.0f} s.",
+    ]
+    text = markdown(results, header, config)
+    print(text)
+    (out / "benchmarks.md").write_text(text)
+    (out / "benchmarks.json").write_text(json.dumps(to_json(results, info, load, config), indent=2))
+    for path in report.plots(out, results["rows"], results["loads"]):
+        print(f"plot: {path}")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

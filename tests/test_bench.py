@@ -1,0 +1,104 @@
+"""The benchmark suite's quick mode runs end to end, so the bench cannot rot.
+
+It starts its own demo provider and gunicorn servers (process groups it kills) and
+writes to a temporary directory, never to docs/. Bounds are generous: this checks
+that every scenario produced sane numbers, not that a CI machine is fast.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import suite
+from bench.client import CLOSES
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ["20 ms/token"] + [s.title for s in suite.PARALLEL]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run `python -m bench.suite --quick` once; its JSON and markdown."""
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.suite", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((out / "benchmarks.json").read_text())
+    return {"json": data, "md": (out / "benchmarks.md").read_text(), "stdout": done.stdout}
+
+
+pytestmark = pytest.mark.slow
+
+
+def rows(report: dict) -> dict[tuple[str, str, str], dict]:
+    """Stop-latency rows by (scenario, close, system)."""
+    return {(r["scenario"], r["close"], r["system"]): r for r in report["json"]["stop_latency"]}
+
+
+def test_every_client_close_scenario_has_both_systems(report):
+    table = rows(report)
+    for scenario in SCENARIOS:
+        for how in CLOSES:
+            ours, theirs = table[(scenario, how, "Stopwire")], table[(scenario, how, "baseline")]
+            assert ours["measured"] == ours["trials"] == suite.QUICK.trials
+            assert theirs["measured"] == theirs["trials"]
+            assert ours["p99_ms"] < 1000, (scenario, how, ours)
+            assert scenario in report["md"]
+
+
+def test_the_baseline_waits_out_a_silence_and_stopwire_does_not(report):
+    table = rows(report)
+    for how in CLOSES:
+        silent = table[("provider silent 10 s", how, "baseline")]
+        assert silent["p50_ms"] > 1000  # the plain relay notices only at the next write
+        assert table[("provider silent 10 s", how, "Stopwire")]["tokens_after_total"] == 0
+
+
+def test_explicit_stops_close_the_provider_on_either_worker(report):
+    table = rows(report)
+    for where in ("same worker", "other worker"):
+        row = table[(f"stop request, {where}", "request", "Stopwire")]
+        assert row["measured"] == suite.QUICK.trials
+        assert row["p99_ms"] < 1000
+
+
+def test_mass_abort_closes_everything_and_leaks_nothing(report):
+    aborts = {a["system"]: a for a in report["json"]["mass_abort"]}
+    ours = aborts["Stopwire"]
+    assert ours["streams"] == suite.QUICK.abort_streams
+    assert ours["all_closed_ms"] < 1000
+    # After minus before: nothing may be left over (a negative count is something earlier
+    # sections left that finished meanwhile, not a leak).
+    assert all(count <= 0 for count in ours["leaks"].values()), ours
+    assert ours["healthz_after"]["live_generations"] == 0
+    assert 0 < ours["rss_per_stream_kib"] < 10_000
+    assert aborts["baseline"]["all_closed_ms"] is not None
+
+
+def test_relay_cost_has_every_load_and_target(report):
+    loads = {(s["streams"], s["target"]): s for s in report["json"]["relay_cost"]}
+    for streams, tokens, _gap in suite.QUICK.loads:
+        for target in ("no proxy", "baseline", "Stopwire"):
+            row = loads[(streams, target)]
+            assert row["incomplete"] == 0
+            assert row["tokens"] == streams * tokens
+            assert 0 <= row["token_p50_ms"] < 1000
+            assert row["tokens_per_s"] > 0
+        assert loads[(streams, "Stopwire")]["cpu_us_per_token"] > 0
+
+
+def test_store_cost_compares_on_and_off(report):
+    store = report["json"]["store_cost"]
+    for side in ("store off", "store on"):
+        assert store[side]["incomplete"] == 0
+        assert store[side]["token_p99_ms"] < 1000
+        assert store[side]["cpu_us_per_token"] > 0
+    assert "Store adds" in report["md"]
