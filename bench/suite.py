@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import relay_cost, report, servers, stop_latency, stops, store_cost
+from bench import capacity, relay_cost, report, servers, stop_latency, stops, store_cost
 from bench.client import CLOSES
 from bench.stop_latency import PACED, SILENT, Row, Scenario, System
 
@@ -70,10 +70,11 @@ class Config:
     store_streams: int
     store_rounds: int
     store_tokens: int
+    capacity_steps: tuple[int, ...] = capacity.STEPS
 
 
 FULL = Config(60, 1000, ((1, 200, 0.02), (200, 100, 0.02), (1000, 30, 0.2)), 200, 2, 100)
-QUICK = Config(5, 20, ((1, 30, 0.02), (20, 30, 0.02)), 20, 1, 40)
+QUICK = Config(5, 20, ((1, 30, 0.02), (20, 30, 0.02)), 20, 1, 40, (5, 10))
 STAGGER_S = 0.005  # between connects of a load: a burst of 1,000 SYNs measures the backlog
 
 
@@ -143,6 +144,7 @@ def run(config: Config) -> dict:
             relay_cost.stopwire_target("Stopwire", one, relay_cost.messages_body),
         ]
         loads = relay_section(targets, demo, config.loads)
+        steps = capacity.search(targets[:0:-1], targets[0], demo, config.capacity_steps)
         store_runs = store_cost.measure(
             demo, one, config.store_streams, config.store_rounds, config.store_tokens
         )
@@ -157,7 +159,13 @@ def run(config: Config) -> dict:
     finally:
         for process in reversed(started):
             process.close()
-    return {"rows": rows, "loads": loads, "aborts": aborts, "store": store_runs}
+    return {
+        "rows": rows,
+        "loads": loads,
+        "capacity": steps,
+        "aborts": aborts,
+        "store": store_runs,
+    }
 
 
 def markdown(results: dict, header: list[str], config: Config) -> str:
@@ -179,6 +187,10 @@ def markdown(results: dict, header: list[str], config: Config) -> str:
         "## d. Relay cost (Stopwire with the store off; one worker each)",
         "",
         report.relay_table(results["loads"]),
+        "",
+        "### Highest token rate of one worker with p99 added latency within 20 ms",
+        "",
+        capacity.table(results["capacity"]),
         "",
         f"## f. Store cost: {config.store_streams} streams x {config.store_tokens} tokens "
         f"every {gap_s:.0f} ms, one worker, {config.store_rounds} alternating rounds per side",
@@ -213,6 +225,7 @@ def to_json(results: dict, info: dict, load: dict, config: Config) -> dict:
             for a in results["aborts"]
         ],
         "relay_cost": [load.stats() for load in results["loads"]],
+        "capacity": [asdict(step) | {"within": step.within} for step in results["capacity"]],
         "store_cost": store_cost.summary(results["store"]),
     }
 
