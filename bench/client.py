@@ -107,6 +107,7 @@ class Stream:
         """Read the whole response."""
         if not self._head_read:
             self._read_head()
+        self._dechunk()  # the head's packet may have carried the whole body
         while not self.finished:
             self._recv()
             self._dechunk()
