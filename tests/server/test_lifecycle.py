@@ -9,7 +9,7 @@ import time
 import uuid
 
 import requests
-from conftest import Server
+from conftest import Server, connections_by_worker
 from wire import Connection, open_stream
 
 
@@ -32,15 +32,6 @@ def text_until_the_connection_dies(conn) -> str:
     except (EOFError, ConnectionError):
         pass  # it died with the worker
     return text
-
-
-def worker_holding_a_stream(server: Server) -> int:
-    for _ in range(50):
-        with requests.Session() as fresh:
-            health = fresh.get(f"{server.url}/healthz", timeout=5).json()
-        if health["live_generations"] == 1:
-            return health["pid"]
-    raise AssertionError("no worker reports the live stream")
 
 
 def test_sigterm_interrupts_saves_and_tells_every_client(upstream):
@@ -72,10 +63,12 @@ def test_kill_9_of_the_streaming_worker_leaves_nothing_streaming(upstream):
     server = Server(upstream.url, workers=2, STOPWIRE_LOST_AFTER_S="3")
     try:
         prompt = uuid.uuid4().hex
-        conn = open_stream(server.url, f"{prompt} [demo tokens=500 gap=0.02]")
-        seen = streamed_text(conn.events(tokens=10))
+        victim, (conn, *_) = next(iter(connections_by_worker(server, each=1).items()))
+        conn.post("/api/chat", {"content": f"{prompt} [demo tokens=500 gap=0.02]"})
+        events = conn.events(tokens=10)
+        conn.meta = events[0].data
+        seen = streamed_text(events)
         time.sleep(1.5)  # at least one flush (every 1 s)
-        victim = worker_holding_a_stream(server)
         os.kill(victim, signal.SIGKILL)
         seen += text_until_the_connection_dies(conn)
         killed_at = time.monotonic()

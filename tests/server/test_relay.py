@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import requests
+from conftest import connections_by_worker
 from wire import Connection, open_stream
 
 SOON_S = 1.0  # "closed at once", generously
@@ -115,28 +116,18 @@ def test_user_stop_before_the_first_token(server, upstream):
     assert record["tokens_sent"] == 0
 
 
-def _session_on_worker(server, want_live: int) -> requests.Session:
-    """A keep-alive session pinned to a worker holding `want_live` generations."""
-    for _ in range(50):
-        session = requests.Session()
-        health = session.get(f"{server.url}/healthz", timeout=5).json()
-        if health["live_generations"] == want_live:
-            return session
-        session.close()
-    raise AssertionError(f"no worker with {want_live} live generations")
-
-
 @pytest.mark.parametrize("worker", ["same", "other"])
 def test_explicit_stop_on_either_worker(server, upstream, worker):
+    (streaming_pid, (conn, same, *_)), (_, (other, *_)) = connections_by_worker(server).items()
     prompt = marker()
-    conn = open_stream(server.url, f"{prompt} [demo tokens=200 gap=0.02]")
-    conn.events(tokens=3)
-    session = _session_on_worker(server, 1 if worker == "same" else 0)
-    stop_url = f"{server.url}/api/generations/{conn.meta['generation_id']}/stop"
+    conn.post("/api/chat", {"content": f"{prompt} [demo tokens=200 gap=0.02]"})
+    generation_id = conn.events(tokens=3)[0].data["generation_id"]
+    asker = same if worker == "same" else other
+    assert (asker.get_json("/healthz")["pid"] == streaming_pid) == (worker == "same")
     stopped_at = time.monotonic()
-    answer = session.post(stop_url, json={"seen_chars": 12}, timeout=10)
-    assert answer.status_code == 200, answer.text
-    summary = answer.json()
+    asker.post(f"/api/generations/{generation_id}/stop", {"seen_chars": 12})
+    assert asker.status == 200, asker.json()
+    summary = asker.json()
     assert (summary["status"], summary["reason"]) == ("stopped", "user_stop")
     assert summary["receipt"]["stop_to_close_ms"] < SOON_S * 1000
     events = conn.events()
@@ -146,10 +137,10 @@ def test_explicit_stop_on_either_worker(server, upstream, worker):
     record = upstream.ended(prompt)
     assert record["client_closed_at"] - stopped_at < SOON_S
     assert tokens_after(record, stopped_at) <= 1
-    # Idempotent: asking again, from anywhere, reports the same outcome.
-    again = requests.post(stop_url, timeout=10)
-    assert again.status_code == 200 and again.json()["status"] == "stopped"
-    session.close()
+    # Idempotent: asking again, from either worker, reports the same outcome.
+    for again in (same, other):
+        again.post(f"/api/generations/{generation_id}/stop", {})
+        assert again.status == 200 and again.json()["status"] == "stopped"
 
 
 def test_stop_after_completion_reports_complete(server):

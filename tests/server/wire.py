@@ -38,6 +38,12 @@ class Connection:
         self.sock.sendall(request_bytes(self.host, path, body, content_type))
         self.read_head()
 
+    def get_json(self, path: str) -> Any:
+        """GET `path` on this connection (it stays on its worker) and return the JSON."""
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        self.read_head()
+        return self.json()
+
     def read_head(self) -> None:
         while b"\r\n\r\n" not in self._raw:
             self._recv()
