@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from wire import Connection
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,22 +120,6 @@ class Server:
     def close(self) -> None:
         stop_process_group(self.process)
         self.log.close()
-
-
-def connections_by_worker(server, each: int = 2, tries: int = 200) -> dict[int, list]:
-    """Keep-alive connections pinned to each of the two workers, `each` per worker.
-
-    Which worker accepts a new connection is the kernel's and gunicorn's choice, so
-    open connections until both workers hold enough of them.
-    """
-    pinned: dict[int, list] = {}
-    for _ in range(tries):
-        conn = Connection(server.url)
-        pid = conn.get_json("/healthz")["pid"]
-        pinned.setdefault(pid, []).append(conn)
-        if len(pinned) == 2 and all(len(c) >= each for c in pinned.values()):
-            return pinned
-    raise AssertionError(f"connections reached only { ({p: len(c) for p, c in pinned.items()}) }")
 
 
 def free_port() -> int:

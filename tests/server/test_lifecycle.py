@@ -9,8 +9,8 @@ import time
 import uuid
 
 import requests
-from conftest import Server, connections_by_worker
-from wire import Connection, open_stream
+from conftest import Server
+from wire import Connection, open_stream, pinned
 
 
 def streamed_text(events) -> str:
@@ -63,7 +63,7 @@ def test_kill_9_of_the_streaming_worker_leaves_nothing_streaming(upstream):
     server = Server(upstream.url, workers=2, STOPWIRE_LOST_AFTER_S="3")
     try:
         prompt = uuid.uuid4().hex
-        victim, (conn, *_) = next(iter(connections_by_worker(server, each=1).items()))
+        victim, conn = pinned(server.url)
         conn.post("/api/chat", {"content": f"{prompt} [demo tokens=500 gap=0.02]"})
         events = conn.events(tokens=10)
         conn.meta = events[0].data

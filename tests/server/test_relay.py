@@ -8,8 +8,7 @@ import uuid
 
 import pytest
 import requests
-from conftest import connections_by_worker
-from wire import Connection, open_stream
+from wire import Connection, connection_to, open_stream, pinned
 
 SOON_S = 1.0  # "closed at once", generously
 
@@ -118,10 +117,12 @@ def test_user_stop_before_the_first_token(server, upstream):
 
 @pytest.mark.parametrize("worker", ["same", "other"])
 def test_explicit_stop_on_either_worker(server, upstream, worker):
-    (streaming_pid, (conn, same, *_)), (_, (other, *_)) = connections_by_worker(server).items()
+    streaming_pid, conn = pinned(server.url)
+    same = connection_to(server.url, lambda pid: pid == streaming_pid)
     prompt = marker()
     conn.post("/api/chat", {"content": f"{prompt} [demo tokens=200 gap=0.02]"})
     generation_id = conn.events(tokens=3)[0].data["generation_id"]
+    other = connection_to(server.url, lambda pid: pid != streaming_pid)
     asker = same if worker == "same" else other
     assert (asker.get_json("/healthz")["pid"] == streaming_pid) == (worker == "same")
     stopped_at = time.monotonic()

@@ -163,3 +163,24 @@ def open_stream(base_url: str, content: str, path: str = "/api/chat") -> Connect
     assert meta is not None and meta.event == "meta", meta
     conn.meta = meta.data
     return conn
+
+
+def pinned(base_url: str) -> tuple[int, Connection]:
+    """A new keep-alive connection and the pid of the worker that holds it."""
+    conn = Connection(base_url)
+    return conn.get_json("/healthz")["pid"], conn
+
+
+def connection_to(base_url: str, want, tries: int = 300) -> Connection:
+    """A keep-alive connection held by a worker whose pid satisfies `want`.
+
+    Which worker accepts is up to the kernel: idle gevent workers wake in LIFO order and
+    accept in batches, so the same one tends to win until it is busy. Keep trying.
+    """
+    for _ in range(tries):
+        pid, conn = pinned(base_url)
+        if want(pid):
+            return conn
+        conn.sock.close()
+        time.sleep(0.01)
+    raise AssertionError("no connection reached the wanted worker")
