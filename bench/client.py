@@ -17,7 +17,7 @@ CLOSES = ("fin", "rst")
 def get_json(sock: socket.socket, host: str, path: str) -> dict:
     """GET `path` on a keep-alive socket and return its JSON body (Content-Length framed).
 
-    Used to learn which gunicorn worker a connection landed on (`/healthz` -> pid)
+    Used to learn which gunicorn worker a connection landed on (`/api/debug/stats` -> pid)
     before the same connection carries a stream.
     """
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())

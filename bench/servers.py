@@ -54,7 +54,7 @@ class Demo(Process):
     """The demo provider; its records are the provider's own account of each stream."""
 
     def __init__(self):
-        super().__init__("demo", ["-m", "app.demo", "--port", "0"], pipe=True)
+        super().__init__("demo", ["-m", "flask_stopwire.demo", "--port", "0"], pipe=True)
         self.url = self.process.stdout.readline().strip()  # the first line is its URL
         if not self.url.startswith("http://"):
             self.close()
@@ -105,6 +105,7 @@ def stopwire(provider_url: str, workers: int = 1, **settings: str) -> Gunicorn:
         "STOPWIRE_WORKERS": str(workers),
         "STOPWIRE_PROVIDER_URL": provider_url,
         "STOPWIRE_DATABASE": os.path.join(scratch, "stopwire.sqlite3"),
+        "STOPWIRE_DEBUG_STATS": "1",  # the pid and leak counters the benchmarks read
         **{f"STOPWIRE_{key}": value for key, value in settings.items()},
     }
     # One log per worker count: the suite runs a one-worker and a two-worker Stopwire.

@@ -1,13 +1,13 @@
 """Stops that are not a single client leaving: an explicit stop request, and a mass abort.
 
 Explicit stop (2 workers): a stream is opened on a keep-alive connection whose worker
-is known (`GET /healthz` on it first), and `POST /api/generations/<id>/stop` is sent
+is known (`GET /api/debug/stats` on it first), and `POST /api/generations/<id>/stop` is sent
 on a connection pinned to the same worker or to the other one. Latency = the provider's
 `client_closed_at` minus the moment just before the stop request was sent.
 
 Mass abort (1 worker): many streams open at once, every client closes at the same
 moment; the time until the provider saw the last of them go, the worker's resident
-memory per open stream, and what the worker holds before and after (`/healthz`).
+memory per open stream, and what the worker holds before and after (`/api/debug/stats`).
 """
 
 import json
@@ -39,7 +39,7 @@ READ_TIMEOUT_S = 10.0
 
 def get_pid(conn: HTTPConnection) -> int:
     """The worker behind a keep-alive connection."""
-    conn.request("GET", "/healthz")
+    conn.request("GET", "/api/debug/stats")
     return json.loads(conn.getresponse().read())["pid"]
 
 
@@ -109,7 +109,7 @@ def one_stop(url: str, demo: servers.Demo, conns: dict[int, Pinned], where: str)
     """Open a stream, read a few tokens, stop it by request, read the provider's record."""
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-    holder = get_json(sock, parts.netloc, "/healthz")["pid"]
+    holder = get_json(sock, parts.netloc, "/api/debug/stats")["pid"]
     marker = new_marker()
     stream = Stream(url, "/api/chat", {"content": f"{marker} {EXPLICIT}"}, sock=sock)
     meta = stream.read_meta()
@@ -146,7 +146,7 @@ class Abort:
     samples: list[Sample]
     all_closed_ms: float | None
     rss_per_stream_kib: float | None
-    before: dict | None  # /healthz before the streams opened, None for the baseline
+    before: dict | None  # /api/debug/stats before the streams opened, None for the baseline
     after: dict | None
 
     def leaks(self) -> dict | None:
@@ -158,12 +158,14 @@ class Abort:
 
 
 def health(url: str) -> dict:
-    """The worker's /healthz over a fresh connection (closed at once)."""
-    return requests.get(f"{url}/healthz", timeout=10, headers={"Connection": "close"}).json()
+    """The worker's /api/debug/stats over a fresh connection (closed at once)."""
+    return requests.get(
+        f"{url}/api/debug/stats", timeout=10, headers={"Connection": "close"}
+    ).json()
 
 
 def settled(url: str, timeout: float = 10.0) -> dict:
-    """/healthz once two readings SETTLE_S apart agree: finished streams may still be saving."""
+    """The stats once two readings SETTLE_S apart agree: finished streams may still be saving."""
     previous = health(url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -175,13 +177,13 @@ def settled(url: str, timeout: float = 10.0) -> dict:
     return previous
 
 
-def mass_abort(system: System, demo: servers.Demo, streams: int, pid: int, healthz: bool) -> Abort:
+def mass_abort(system: System, demo: servers.Demo, streams: int, pid: int, stats: bool) -> Abort:
     """Open `streams` streams, read a token from each, close them all at once, then count.
 
     A small abort goes first: it empties the provider connection pool that earlier
     sections filled, so "before" and "after" compare like with like.
     """
-    if healthz:
+    if stats:
         abort_all(system, demo, WARM_ABORT)
         before = settled(system.url)
     else:
@@ -191,7 +193,7 @@ def mass_abort(system: System, demo: servers.Demo, streams: int, pid: int, healt
     samples = [sample_of(records[m], closed[m]) for m in closed]
     ends = [r["client_closed_at"] for r in records.values()]
     all_closed = None if None in ends else (max(ends) - min(closed.values())) * 1000
-    after = settled(system.url) if healthz else None
+    after = settled(system.url) if stats else None
     per_stream = (rss_open - rss_before) / streams / 1024
     return Abort(system.name, streams, samples, all_closed, per_stream, before, after)
 

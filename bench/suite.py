@@ -10,7 +10,7 @@ a. stop latency (client close -> provider closed) at 20 and 200 ms/token, during
    10 s silence, before the first token; FIN and RST; Stopwire vs baseline;
 b. explicit stop request -> provider closed, on the stream's worker and the other one;
 c. mass abort of many streams on one worker: time until the provider saw the last
-   close, leaks from /healthz;
+   close, leaks from /api/debug/stats;
 d. relay cost at 1, 200, 1,000 streams: per-token latency and TTFT against no proxy
    and the baseline, token rate, CPU per token;
 e. memory per open stream (worker RSS growth / open streams, during c);
@@ -50,7 +50,7 @@ load average above says how busy it was, and the tails move with it.
   side, staggered 20 ms (long scenarios; one at a time would take hours).
 - **Mass abort**: every stream read one token, then all clients closed (FIN) in one loop;
   "all closed after" = the provider's last close minus the first client close. Leaks =
-  the worker's `/healthz` (open fds, live greenlets, live generations) after minus before,
+  the worker's `/api/debug/stats` (open fds, live greenlets, live generations) after minus before,
   both read once the worker is idle; a negative count is earlier work that finished.
 - **Relay cost**: per-token latency = client received the k-th word minus the provider sent
   its k-th token (each demo token is one word, so coalesced frames are credited right);
@@ -217,8 +217,8 @@ def to_json(results: dict, info: dict, load: dict, config: Config) -> dict:
                 "streams": a.streams,
                 "all_closed_ms": a.all_closed_ms,
                 "rss_per_stream_kib": a.rss_per_stream_kib,
-                "healthz_before": a.before,
-                "healthz_after": a.after,
+                "stats_before": a.before,
+                "stats_after": a.after,
                 "leaks": a.leaks(),
                 **Row("abort", "fin", a.system, a.samples).stats(),
             }

@@ -2,14 +2,14 @@
 
 import pytest
 
-from app.conversations import (
+from flask_stopwire.history import (
     CONTINUE_INSTRUCTION,
     WrongTarget,
     check_target,
     continue_messages,
     provider_messages,
 )
-from app.providers.base import Message
+from flask_stopwire.providers.base import Message
 
 
 def msg(id_: str, role: str, content: str, status: str = "complete") -> dict:

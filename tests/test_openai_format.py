@@ -2,9 +2,9 @@
 
 import json
 
-from app import openai_format as fmt
-from app import sse
-from app.streaming import RelayEvent
+from flask_stopwire.formats import openai as fmt
+from flask_stopwire.formats import sse
+from flask_stopwire.relay.generation import RelayEvent
 
 
 def relay(*events):

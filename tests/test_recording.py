@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from app.recording import LiveAnswer, Recorder
-from app.store import SqliteStore
+from flask_stopwire.store.recording import LiveAnswer, Recorder
+from flask_stopwire.store.sqlite import SqliteStore
 
 USAGE = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6, "estimated": True}
 RECEIPT = {"signal": "user_stop", "stop_to_close_ms": 0.5, "tokens_after_stop": 0}
@@ -147,7 +147,7 @@ def test_beat_marks_lost_answers(st, recorder, db_path, caplog):
     lost = begin(st, 2, owner="worker_dead")
     recorder.track(FakeGeneration("gen_1"), mine["message_id"])
     age(db_path, lost["message_id"], 120)
-    with caplog.at_level(logging.WARNING, logger="app.recording"):
+    with caplog.at_level(logging.WARNING, logger="flask_stopwire.store.recording"):
         assert recorder.beat() == 1
     saved = answer(st, lost)
     assert (saved["status"], saved["reason"]) == ("interrupted", "worker_lost")
@@ -158,7 +158,7 @@ def test_beat_marks_lost_answers(st, recorder, db_path, caplog):
 
 
 def test_beat_with_nothing_to_do(recorder, caplog):
-    with caplog.at_level(logging.WARNING, logger="app.recording"):
+    with caplog.at_level(logging.WARNING, logger="flask_stopwire.store.recording"):
         assert recorder.beat() == 0
     assert caplog.records == []
 

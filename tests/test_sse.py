@@ -2,7 +2,7 @@
 
 from sseclient import SSEClient
 
-from app.sse import KEEPALIVE, events, frame
+from flask_stopwire.formats.sse import KEEPALIVE, events, frame
 
 
 def test_frame_without_id():

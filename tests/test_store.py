@@ -7,8 +7,9 @@ import time
 import gevent
 import pytest
 
-from app import migrations, store
-from app.store import SqliteStore, connect
+from flask_stopwire.store import migrations
+from flask_stopwire.store import sqlite as store
+from flask_stopwire.store.sqlite import SqliteStore, connect
 
 
 @pytest.fixture

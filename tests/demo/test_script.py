@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.demo.script import PROSE, Script, parse, words
+from flask_stopwire.demo.script import PROSE, Script, parse, words
 
 DEFAULTS = Script()
 

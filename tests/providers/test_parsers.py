@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from app.providers import DEFAULT_MODELS, DEFAULT_URLS, make_provider
-from app.providers.anthropic import AnthropicProvider
-from app.providers.base import (
+from flask_stopwire.providers import DEFAULT_MODELS, DEFAULT_URLS, make_provider
+from flask_stopwire.providers.anthropic import AnthropicProvider
+from flask_stopwire.providers.base import (
     Delta,
     Message,
     ProviderCall,
@@ -18,9 +18,9 @@ from app.providers.base import (
     ProviderUnreachable,
     Usage,
 )
-from app.providers.http import error_message, redact
-from app.providers.ollama import OllamaProvider
-from app.providers.openai import OpenAIProvider
+from flask_stopwire.providers.http import error_message, redact
+from flask_stopwire.providers.ollama import OllamaProvider
+from flask_stopwire.providers.openai import OpenAIProvider
 
 MESSAGES = [
     Message("system", "Be brief."),

@@ -20,7 +20,7 @@ class Upstream:
 
     def __init__(self, *args: str):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.demo", "--port", "0", *args],
+            [sys.executable, "-m", "flask_stopwire.demo", "--port", "0", *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -83,6 +83,7 @@ class Server:
             "UPSTREAM_URL": upstream_url,
             "STOPWIRE_DATABASE": str(self.database),
             "PYTHONPATH": str(ROOT),
+            "STOPWIRE_DEBUG_STATS": "1",
             **settings,
         }
         env.pop("STOPWIRE_RUN_DIR", None)
@@ -90,7 +91,7 @@ class Server:
             command = ["-k", "gevent", "-w", str(workers), "-b", env["STOPWIRE_BIND"], host_app]
             cwd, health = Path(__file__).parent, "/whoami"
         else:
-            command, cwd, health = ["-c", "gunicorn.conf.py"], ROOT, "/healthz"
+            command, cwd, health = ["-c", "gunicorn.conf.py"], ROOT, "/api/debug/stats"
         self.log_path = ROOT / ".pytest_cache" / f"gunicorn-{self.port}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115
         self.process = subprocess.Popen(

@@ -4,7 +4,7 @@ import os
 
 from flask import Flask
 
-from app.extension import Stopwire
+from flask_stopwire import Stopwire
 
 app = Flask(__name__)
 app.config["STOPWIRE_PROVIDER_URL"] = os.environ["UPSTREAM_URL"]

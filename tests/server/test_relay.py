@@ -124,7 +124,7 @@ def test_explicit_stop_on_either_worker(server, upstream, worker):
     generation_id = conn.events(tokens=3)[0].data["generation_id"]
     other = connection_to(server.url, lambda pid: pid != streaming_pid)
     asker = same if worker == "same" else other
-    assert (asker.get_json("/healthz")["pid"] == streaming_pid) == (worker == "same")
+    assert (asker.get_json("/api/debug/stats")["pid"] == streaming_pid) == (worker == "same")
     stopped_at = time.monotonic()
     asker.post(f"/api/generations/{generation_id}/stop", {"seen_chars": 12})
     assert asker.status == 200, asker.json()
@@ -172,7 +172,7 @@ def test_pipelined_bytes_do_not_hide_the_close(server, upstream):
     conn = open_stream(server.url, f"{prompt} [demo tokens=200 gap=0.02]")
     conn.events(tokens=2)
     # The next request arrives while this one streams: readable, yet still open.
-    conn.sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.sock.sendall(b"GET /api/debug/stats HTTP/1.1\r\nHost: x\r\n\r\n")
     time.sleep(0.2)
     assert upstream.record(prompt)["ended"] == "streaming"
     closed_at = conn.close_fin()

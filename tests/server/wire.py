@@ -168,7 +168,7 @@ def open_stream(base_url: str, content: str, path: str = "/api/chat") -> Connect
 def pinned(base_url: str) -> tuple[int, Connection]:
     """A new keep-alive connection and the pid of the worker that holds it."""
     conn = Connection(base_url)
-    return conn.get_json("/healthz")["pid"], conn
+    return conn.get_json("/api/debug/stats")["pid"], conn
 
 
 def connection_to(base_url: str, want, tries: int = 300) -> Connection:

@@ -1,1 +1,0 @@
-"""Thin blueprints: the JSON/SSE API and the pages."""

@@ -1,0 +1,1 @@
+"""Wire formats: pure encoders and decoders, no Flask and no I/O."""

@@ -1,0 +1,334 @@
+"""The relay: one generation streamed from a provider to one client, stoppable at once.
+
+Three greenlets per generation; whichever ends first ends the others:
+
+- the **handler** greenlet iterates `Generation.events()` (a wire format encodes them
+  and gunicorn writes the bytes): it waits on the queue with a heartbeat timeout,
+  coalescing tokens that queued up while the client was slow;
+- the **pump** greenlet opens the provider stream and parses it into the queue;
+- the **watcher** greenlet waits for the client's socket to close (relay/disconnect.py).
+
+A stop (the client left, or asked) decides the outcome, shuts the provider socket down
+(the provider sees our FIN at once) and kills the pump. The GreenletExit lands in the
+pump's blocked read (or connect, before the provider has answered) and the connection
+is closed in the pump's own greenlet: never by a cross-greenlet `Response.close()`,
+which fails on a read in progress. The handler's
+`finally` kills the watcher before gunicorn reads the next keep-alive request.
+
+Race rule: the first outcome decided wins. A stop that arrives after the provider's
+final event was parsed reports `complete`; a stop before it reports `stopped`.
+"""
+
+import logging
+import math
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+import requests
+from gevent.queue import Empty, Queue
+
+from flask_stopwire.providers.base import (
+    Delta,
+    Message,
+    Provider,
+    ProviderDisconnected,
+    ProviderError,
+    ProviderTimeout,
+    Usage,
+)
+from flask_stopwire.providers.http import iter_body, open_stream
+from flask_stopwire.relay import disconnect
+
+log = logging.getLogger(__name__)
+
+_END = object()
+_DRAIN_S = 1.0
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """What a generation needs from the configuration."""
+
+    heartbeat_s: float
+    connect_timeout_s: float
+    read_timeout_s: float
+    api_key: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a generation ended: status, reason and, for errors, what went wrong."""
+
+    status: str  # complete | stopped | error | interrupted
+    # user_stop | client_disconnect | shutdown | timeout | upstream_error | internal
+    reason: str | None = None
+    error: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class RelayEvent:
+    """What the relay tells its client, before a wire format encodes it.
+
+    kind: meta | token (data: the text) | keepalive | error | done
+    """
+
+    kind: str
+    data: Any = None
+
+
+def new_generation_id() -> str:
+    """An unguessable id: 128 random bits."""
+    return "gen_" + secrets.token_urlsafe(16)
+
+
+class Generation:
+    """One answer being relayed; `stream()` is the response body."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        messages: list[Message],
+        session: requests.Session,
+        settings: RelaySettings,
+        on_end: Callable[["Generation"], None] | None = None,
+        generation_id: str = "",
+        options: dict[str, Any] | None = None,
+    ):
+        self.id = generation_id or new_generation_id()
+        self.meta: dict[str, Any] = {"generation_id": self.id}
+        self.provider = provider
+        self.messages = messages
+        self.session = session
+        self.settings = settings
+        self.options = options
+        self.on_end = on_end
+        self.seen_chars: int | None = None
+        self.settled = gevent.event.Event()  # the outcome is final and recorded
+        self.outcome: Outcome | None = None
+        self.usage: Usage | None = None
+        self.created_at = time.monotonic()
+        self.first_token_at: float | None = None
+        self.ended_at: float | None = None
+        self.heartbeats = 0
+        self.delivered_tokens = 0
+        self.stop_at: float | None = None
+        self.closed_at: float | None = None
+        self.tokens_after_stop = 0
+        self._received: list[str] = []
+        self._response: requests.Response | None = None
+        self._queue: Queue = Queue()
+        self._pump = gevent.Greenlet(self._read_provider)
+
+    # -- the handler greenlet ------------------------------------------------------
+
+    def events(self, client_sock: Any = None) -> Iterator[RelayEvent]:
+        """meta, then tokens and keepalives, then error and done; wire formats encode them.
+
+        Everything starts and ends in here: a generator that is never iterated
+        must not have spawned anything, as its `finally` would never run.
+        """
+        watcher = None
+        try:
+            if client_sock is not None:
+                # Two heartbeats unacknowledged: the client's network is gone.
+                disconnect.give_up_after(client_sock, 2 * self.settings.heartbeat_s)
+                watcher = gevent.spawn(disconnect.watch, client_sock, self._client_gone)
+            self._pump.start()
+            yield RelayEvent("meta", self.meta)
+            yield from self._relay_tokens()
+            yield from self._final_events()
+        finally:
+            if watcher is not None:
+                watcher.kill()
+            # Still undecided here means the server closed us after a failed write.
+            self.stop("client_disconnect")
+            if self.stop_at is not None:
+                self._pump.join()
+            self._settle()
+
+    def _relay_tokens(self) -> Iterator[RelayEvent]:
+        while True:
+            try:
+                item = self._queue.get(timeout=self.settings.heartbeat_s)
+            except Empty:
+                self.heartbeats += 1
+                yield RelayEvent("keepalive")
+                continue
+            texts = []
+            while item is not _END:
+                texts.append(item)
+                if self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if texts:
+                text = "".join(texts)
+                self.delivered_tokens += len(texts)
+                yield RelayEvent("token", text)
+            if item is _END:
+                return
+
+    def _final_events(self) -> Iterator[RelayEvent]:
+        outcome = self.outcome
+        assert outcome is not None  # _END is queued only once an outcome is decided
+        if self.stop_at is not None:
+            self._pump.join()  # the receipt needs the moment the provider was closed
+        self._settle()  # recorded before the client hears the end
+        if outcome.error is not None:
+            yield RelayEvent("error", outcome.error)
+        if outcome.reason != "client_disconnect":  # nobody left to tell
+            yield RelayEvent("done", self.summary())
+
+    def summary(self) -> dict[str, Any]:
+        """The `done` event: status, reason, usage and, for a stop, its receipt."""
+        outcome = self.outcome or Outcome("streaming")
+        summary: dict[str, Any] = {
+            **self.meta,
+            "status": outcome.status,
+            "reason": outcome.reason,
+            "usage": self._usage().as_dict(),
+        }
+        if self.stop_at is not None and outcome.status in ("stopped", "interrupted"):
+            summary["receipt"] = self.receipt()
+        return summary
+
+    def receipt(self) -> dict[str, Any]:
+        """What the server measured about a stop."""
+        assert self.stop_at is not None
+        closed_at = self.closed_at if self.closed_at is not None else self.stop_at
+        return {
+            "signal": self.outcome.reason if self.outcome else None,
+            "stop_to_close_ms": round(max(0.0, closed_at - self.stop_at) * 1000, 3),
+            "tokens_after_stop": self.tokens_after_stop,
+        }
+
+    def _usage(self) -> Usage:
+        if self.usage is not None and self.outcome and self.outcome.status == "complete":
+            return self.usage
+        # Stopped or failed early: count what was delivered (about 4 characters a token).
+        prompt_chars = sum(len(m.content) for m in self.messages)
+        reported_prompt = self.usage.prompt_tokens if self.usage else None
+        prompt = reported_prompt if reported_prompt else math.ceil(prompt_chars / 4)
+        return Usage(prompt, self.delivered_tokens, estimated=True)
+
+    def text(self) -> str:
+        """Everything the provider said before the outcome was decided."""
+        return "".join(self._received)
+
+    # -- stopping (any greenlet) ----------------------------------------------------
+
+    def stop(self, reason: str, status: str = "stopped", seen_chars: int | None = None) -> Outcome:
+        """Stop now unless already decided; returns the outcome that stands.
+
+        `seen_chars` is how much of the text the user saw, which is what gets kept.
+        """
+        if self.outcome is None:
+            self.stop_at = time.monotonic()
+            self.seen_chars = seen_chars
+            self._decide(Outcome(status, reason))
+            self._hang_up()
+            self._pump.kill(block=False)
+        return self.outcome  # type: ignore[return-value]
+
+    def kept_text(self) -> str:
+        """The answer as it should be saved: what the user saw of it, if they said."""
+        text = self.text()
+        return text if self.seen_chars is None else text[: self.seen_chars]
+
+    def _hang_up(self) -> None:
+        """Send the provider our FIN now, from whichever greenlet is stopping.
+
+        Only a socket shutdown, never a cross-greenlet `Response.close()`: the pump,
+        killed next, still closes the connection itself. With many stops at once
+        (a mass disconnect) each provider hears of its stop without waiting for the
+        pumps to unwind in turn. Before the response headers there is no socket to
+        reach: killing the pump does it.
+        """
+        connection = self._response.raw.connection if self._response is not None else None
+        sock = connection.sock if connection is not None else None
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return  # already closed
+        self.closed_at = time.monotonic()
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Wait until the outcome is final and recorded; False on timeout."""
+        return self.settled.wait(timeout)
+
+    def _settle(self) -> None:
+        if self.settled.is_set():
+            return
+        self.ended_at = time.monotonic()
+        try:
+            if self.on_end is not None:
+                self.on_end(self)
+        except Exception:
+            log.exception("recording the end of generation %s failed", self.id)
+        finally:
+            self.settled.set()
+
+    def _client_gone(self) -> None:
+        self.stop("client_disconnect")
+
+    def _decide(self, outcome: Outcome) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self._queue.put(_END)
+
+    # -- the pump greenlet ----------------------------------------------------------
+
+    def _read_provider(self) -> None:
+        response = None
+        try:
+            call = self.provider.build_call(self.messages, self.options)
+            timeouts = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
+            response = self._response = open_stream(
+                self.session, call, timeouts, self.settings.api_key
+            )
+            for delta in self.provider.parse(iter_body(response)):
+                self._take(delta)
+                if delta.finished:
+                    self._decide(Outcome("complete"))
+                    _drain(response)
+                    return
+            raise ProviderDisconnected("the provider ended the stream before the answer was done")
+        except ProviderError as exc:
+            reason = "timeout" if isinstance(exc, ProviderTimeout) else "upstream_error"
+            log.warning("generation %s failed: %s (%s)", self.id, exc.type, exc)
+            self._decide(Outcome("error", reason, {"type": exc.type, "message": str(exc)}))
+        except Exception:
+            log.exception("generation %s failed unexpectedly", self.id)
+            error = {"type": "internal_error", "message": "internal error; see the server log"}
+            self._decide(Outcome("error", "internal", error))
+        finally:
+            if response is not None:
+                response.close()
+            if self.closed_at is None:
+                self.closed_at = time.monotonic()
+
+    def _take(self, delta: Delta) -> None:
+        if delta.usage is not None:
+            self.usage = delta.usage
+        if not delta.text:
+            return
+        if self.stop_at is not None:
+            self.tokens_after_stop += 1  # arrived after the stop: counted, never sent
+        else:
+            if self.first_token_at is None:
+                self.first_token_at = time.monotonic()
+            self._received.append(delta.text)
+            self._queue.put(delta.text)
+
+
+def _drain(response: requests.Response) -> None:
+    """Read the little that follows the final event so the connection can be pooled."""
+    with gevent.Timeout(_DRAIN_S, False):
+        response.raw.drain_conn()

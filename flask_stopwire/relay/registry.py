@@ -1,0 +1,55 @@
+"""This worker's generations: live ones to stop, and recent outcomes so stops are idempotent."""
+
+from collections import OrderedDict
+from typing import Any
+
+from flask_stopwire.relay.generation import Generation
+
+REMEMBER = 10_000
+SETTLE_WAIT_S = 3.0
+
+
+class Registry:
+    """Generation ids to live generations and, once ended, to their final summary."""
+
+    def __init__(self, remember: int = REMEMBER):
+        self._live: dict[str, Generation] = {}
+        self._ended: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._remember = remember
+
+    def add(self, generation: Generation) -> None:
+        """Make a generation stoppable by id."""
+        self._live[generation.id] = generation
+
+    def finish(self, generation: Generation) -> None:
+        """Forget a live generation, keeping its final summary for late stops."""
+        self._live.pop(generation.id, None)
+        self._ended[generation.id] = generation.summary()
+        while len(self._ended) > self._remember:
+            self._ended.popitem(last=False)
+
+    def stop(self, generation_id: str, seen_chars: int | None = None) -> dict[str, Any] | None:
+        """A user's stop: wait until the provider is closed and the outcome recorded.
+
+        Returns the summary that stands (a generation that already ended keeps its
+        own), or None when this worker never had that id.
+        """
+        generation = self._live.get(generation_id)
+        if generation is None:
+            return self._ended.get(generation_id)
+        generation.stop("user_stop", seen_chars=seen_chars)
+        generation.wait_settled(SETTLE_WAIT_S)
+        return generation.summary()
+
+    def interrupt_all(self) -> int:
+        """Interrupt every live generation (the worker is shutting down)."""
+        live = list(self._live.values())
+        for generation in live:
+            generation.stop("shutdown", status="interrupted")
+        for generation in live:
+            generation.wait_settled(SETTLE_WAIT_S)
+        return len(live)
+
+    def live_count(self) -> int:
+        """How many generations are streaming now."""
+        return len(self._live)

@@ -1,0 +1,124 @@
+"""Every setting, declared once with its type, range and default, validated from any source.
+
+A setting is read from `app.config` first, then from the `STOPWIRE_*` environment,
+then its default. Values from the environment are strings and are parsed; values set
+in code must already have the right type. Either way a bad value stops the start with
+a `SettingError` naming the setting.
+"""
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from flask_stopwire.providers import PROVIDERS
+
+PREFIX = "STOPWIRE_"
+
+Check = Callable[[str, Any], Any]
+
+
+class SettingError(ValueError):
+    """A setting has a value Stopwire cannot run with."""
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise SettingError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _positive(kind: type) -> Check:
+    def check(name: str, value: Any) -> int | float:
+        if isinstance(value, str):
+            try:
+                value = kind(value)
+            except ValueError:
+                raise SettingError(f"{name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingError(f"{name} must be a number, got {value!r}")
+        if kind is int and value != int(value):
+            raise SettingError(f"{name} must be a whole number, got {value!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise SettingError(f"{name} must be a positive number, got {value!r}")
+        return kind(value)
+
+    return check
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    words = {"1": True, "true": True, "yes": True, "on": True}
+    words.update({"0": False, "false": False, "no": False, "off": False, "": False})
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    raise SettingError(f"{name} must be true or false, got {value!r}")
+
+
+def _provider(name: str, value: Any) -> str:
+    if value not in PROVIDERS:
+        choices = ", ".join(sorted(PROVIDERS))
+        raise SettingError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _keys(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not all(isinstance(k, str) for k in value):
+        raise SettingError(f"{name} must be a comma-separated string or a list of strings")
+    return tuple(k.strip() for k in value if k.strip())
+
+
+def _setting(default: Any, check: Check, doc: str) -> Any:
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Stopwire's settings; `STOPWIRE_<FIELD NAME>` in app.config or the environment."""
+
+    provider: str = _setting("demo", _provider, "demo, openai, anthropic or ollama")
+    provider_url: str = _setting("", _text, "the provider's base URL; empty: its default")
+    api_key: str = _setting("", _text, "the provider's key; never sent to clients or logged")
+    model: str = _setting("", _text, "the model name sent to the provider; empty: its default")
+    heartbeat_s: float = _setting(15.0, _positive(float), "keepalive interval while silent")
+    connect_timeout_s: float = _setting(10.0, _positive(float), "provider connect timeout")
+    # Reasoning models can think quietly for minutes: an idle limit, not a deadline.
+    read_timeout_s: float = _setting(300.0, _positive(float), "provider idle limit")
+    max_body_bytes: int = _setting(1024 * 1024, _positive(int), "largest request body")
+    client_keys: tuple[str, ...] = _setting((), _keys, "Bearer keys required on /v1")
+    # One pooled connection per live stream.
+    pool_size: int = _setting(1000, _positive(int), "pooled provider connections per worker")
+    database: str = _setting("", _text, "SQLite file; empty: the app's instance folder")
+    flush_s: float = _setting(1.0, _positive(float), "partial answers are saved this often")
+    lost_after_s: float = _setting(5.0, _positive(float), "a worker silent this long is lost")
+    run_dir: str = _setting("", _text, "where one host's workers keep their stop sockets")
+    debug_stats: bool = _setting(False, _flag, "serve <url_prefix>/debug/stats (tests)")
+
+    @classmethod
+    def load(
+        cls, config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> "Settings":
+        """Validated settings from `config`, then `environ` (default: os.environ)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for setting in fields(cls):
+            name = key(setting.name)
+            if name in config:
+                values[setting.name] = setting.metadata["check"](name, config[name])
+            elif name in environ:
+                values[setting.name] = setting.metadata["check"](name, environ[name])
+        return cls(**values)
+
+
+def key(field_name: str) -> str:
+    """The config key and environment variable of a Settings field."""
+    return PREFIX + field_name.upper()
+
+
+def documented() -> list[tuple[str, Any, str]]:
+    """(variable, default, meaning) of every setting, for docs and tests."""
+    return [(key(f.name), f.default, f.metadata["doc"]) for f in fields(Settings)]

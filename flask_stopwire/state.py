@@ -1,0 +1,165 @@
+"""`StopwireState`: one app's provider, store, live generations, stop routes and metrics.
+
+It lives in `app.extensions["stopwire"]` and is reached through `get_stopwire()`.
+Per-worker resources (the heartbeat greenlet, the stop socket, the DB thread, the
+provider session) start on first use or in gunicorn's `post_worker_init`, never at
+import or in `init_app`: with `--preload` those run in the master, before the fork.
+"""
+
+import atexit
+import os
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+from flask import Flask, current_app
+
+from flask_stopwire.providers import make_provider
+from flask_stopwire.providers.base import Message, Provider
+from flask_stopwire.providers.http import new_session
+from flask_stopwire.relay.generation import Generation, RelayEvent, RelaySettings
+from flask_stopwire.relay.peers import Peers
+from flask_stopwire.relay.registry import Registry
+from flask_stopwire.settings import SettingError, Settings
+from flask_stopwire.store.recording import Recorder
+from flask_stopwire.store.sqlite import SqliteStore
+from flask_stopwire.telemetry import Metrics
+
+EXTENSION_KEY = "stopwire"
+
+# Every state of this process, for the gunicorn hooks: they find it whatever WSGI
+# middleware wraps the app. Weak, so a discarded app (tests) takes its state along.
+_states: "weakref.WeakSet[StopwireState]" = weakref.WeakSet()
+
+
+def get_stopwire(app: Flask | None = None) -> "StopwireState":
+    """The Stopwire state of `app`, or of the current app."""
+    app = app or current_app
+    try:
+        return app.extensions[EXTENSION_KEY]
+    except KeyError:
+        raise RuntimeError("Stopwire is not initialised on this app: call init_app") from None
+
+
+def process_states() -> list["StopwireState"]:
+    """Every Stopwire state alive in this process (what the gunicorn hooks act on)."""
+    return list(_states)
+
+
+class StopwireState:
+    """One app's provider, store, live generations, stop routes and metrics."""
+
+    def __init__(self, settings: Settings, instance_path: str):
+        self.settings = settings
+        self.provider: Provider = _provider(settings)
+        self.relay_settings = RelaySettings(
+            heartbeat_s=settings.heartbeat_s,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
+            api_key=settings.api_key,
+        )
+        self.store = SqliteStore(
+            settings.database or os.path.join(instance_path, "stopwire.sqlite3")
+        )
+        self.recorder = Recorder(self.store, settings.flush_s, settings.lost_after_s)
+        self.registry = Registry()
+        self.peers = Peers(settings.run_dir, self.registry.stop)
+        self.metrics = Metrics()
+        self._session: requests.Session | None = None
+        self._session_pid: int | None = None
+        _states.add(self)
+        atexit.register(_close_if_alive, weakref.ref(self))
+
+    def start(self) -> None:
+        """Start this worker's heartbeat and stop socket (idempotent, per process)."""
+        self.peers.serve()
+        self.recorder.start()
+
+    def new_generation(
+        self,
+        messages: list[Message],
+        generation_id: str = "",
+        options: dict[str, Any] | None = None,
+    ) -> Generation:
+        """A generation ready to run (nothing starts until its events are iterated)."""
+        return Generation(
+            self.provider,
+            messages,
+            self._provider_session(),
+            self.relay_settings,
+            self._ended,
+            generation_id,
+            options,
+        )
+
+    def live_fields(self, generation_id: str) -> dict[str, str]:
+        """What a streaming answer records about who writes it."""
+        return {
+            "generation_id": generation_id,
+            "owner": self.recorder.owner,
+            "model": self.provider.model,
+        }
+
+    def run(
+        self, generation: Generation, client_sock: Any, message_id: str = "", prefix: str = ""
+    ) -> Iterator[RelayEvent]:
+        """The generation's events, stoppable by id (from any worker) while it runs,
+        and saved into `message_id` (after `prefix`) when one is given."""
+        self.start()
+        self.registry.add(generation)
+        if message_id:
+            self.recorder.track(generation, message_id, prefix)
+        self.metrics.active.inc()
+        try:
+            yield from generation.events(client_sock)
+        finally:
+            self.metrics.active.dec()
+            self.registry.finish(generation)
+
+    def stop(self, generation_id: str, seen_chars: int | None) -> dict[str, Any] | None:
+        """Stop a generation on this worker or a sibling; None when no worker knows it."""
+        summary = self.registry.stop(generation_id, seen_chars)
+        if summary is None:
+            summary = self.peers.stop_elsewhere(generation_id, seen_chars)
+        return summary
+
+    def interrupt_all(self) -> int:
+        """Close every live generation of this worker upstream (a shutdown); how many."""
+        return self.registry.interrupt_all()
+
+    def close(self) -> None:
+        """Release the heartbeat, the stop socket, the DB thread and the provider session."""
+        self.recorder.close()
+        self.peers.close()
+        self.store.close()
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        _states.discard(self)
+
+    def _ended(self, generation: Generation) -> None:
+        self.metrics.ended(generation, self.settings.provider, self.provider.model)
+        self.recorder.finish(generation)
+
+    def _provider_session(self) -> requests.Session:
+        # Per process, after gunicorn forked and gevent patched the worker.
+        if self._session is None or self._session_pid != os.getpid():
+            self._session = new_session(self.settings.pool_size)
+            self._session_pid = os.getpid()
+        return self._session
+
+
+def _provider(settings: Settings) -> Provider:
+    if settings.provider == "demo" and not settings.provider_url:
+        raise SettingError(
+            "the demo provider needs STOPWIRE_PROVIDER_URL: `flask_stopwire.gunicorn` starts "
+            "it for you, or run `python -m flask_stopwire.demo` and set the URL it prints"
+        )
+    return make_provider(settings.provider, settings.provider_url, settings.api_key, settings.model)
+
+
+def _close_if_alive(ref: "weakref.ref[StopwireState]") -> None:
+    state = ref()
+    if state is not None:
+        state.close()

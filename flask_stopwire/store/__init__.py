@@ -1,0 +1,1 @@
+"""Conversations and messages: the store, its migrations and the live-answer recorder."""

@@ -1,0 +1,1 @@
+"""Thin blueprints: the chat/stop API, conversations, the OpenAI-compatible /v1, metrics."""

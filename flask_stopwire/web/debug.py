@@ -1,0 +1,26 @@
+"""`GET <url_prefix>/debug/stats`: what a worker holds open, for leak tests and benchmarks.
+
+Registered only with `STOPWIRE_DEBUG_STATS` on: it walks the heap (milliseconds of a
+blocked event loop) and tells process internals, so it is never on by default.
+"""
+
+import gc
+import os
+
+from flask import Blueprint
+from greenlet import greenlet
+
+from flask_stopwire.state import get_stopwire
+
+debug = Blueprint("stopwire_debug", __name__)
+
+
+@debug.get("/debug/stats")
+def stats() -> dict[str, int]:
+    """The worker's pid, live generations, open file descriptors and live greenlets."""
+    return {
+        "pid": os.getpid(),
+        "live_generations": get_stopwire().registry.live_count(),
+        "open_fds": len(os.listdir("/proc/self/fd")),
+        "greenlets": sum(isinstance(o, greenlet) and bool(o) for o in gc.get_objects()),
+    }

@@ -1,0 +1,11 @@
+"""`GET /metrics` in Prometheus' text format."""
+
+from flask import Response
+
+from flask_stopwire.state import get_stopwire
+
+
+def exposition() -> Response:
+    """Every worker's metrics (`flask_stopwire.gunicorn` sets up the shared directory)."""
+    body, content_type = get_stopwire().metrics.exposition()
+    return Response(body, content_type=content_type)
