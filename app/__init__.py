@@ -19,6 +19,8 @@ _stopwire = Stopwire(
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The service: `STOPWIRE_*` settings from the environment, overridden by `test_config`."""
     app = Flask(__name__, instance_relative_config=True)
+    # The identity cookie: signed, HttpOnly (Flask's default), never sent cross-site.
+    app.config.update(SESSION_COOKIE_NAME="stopwire", SESSION_COOKIE_SAMESITE="Lax")
     if test_config is not None:
         app.config.from_mapping(test_config)
     _stopwire.init_app(app)

@@ -2,6 +2,8 @@
 
 from flask import Blueprint, Response, current_app
 
+from flask_stopwire.identity import issue_browser_identity
+
 pages = Blueprint("stopwire_pages", __name__)
 
 # The page loads only its own files and talks only to its own origin: even if
@@ -20,6 +22,7 @@ PAGE_HEADERS = {
 @pages.get("/")
 def index() -> Response:
     """The chat page (plain HTML, CSS and ES modules from app/static)."""
+    issue_browser_identity()  # the page's API calls need no key, even when /v1 does
     response = current_app.send_static_file("index.html")
     response.headers.update(PAGE_HEADERS)
     return response

@@ -11,6 +11,10 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+# The benchmarks' identity: servers.py configures this client key on every Stopwire.
+BENCH_KEY = "bench-key"
+AUTH_LINE = f"Authorization: Bearer {BENCH_KEY}\r\n"
+
 CLOSES = ("fin", "rst")
 
 
@@ -20,7 +24,7 @@ def get_json(sock: socket.socket, host: str, path: str) -> dict:
     Used to learn which gunicorn worker a connection landed on (`/api/debug/stats` -> pid)
     before the same connection carries a stream.
     """
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{AUTH_LINE}\r\n".encode())
     raw = b""
     while b"\r\n\r\n" not in raw:
         raw += _recv_some(sock)
@@ -58,7 +62,7 @@ class Stream:
         self.sock = sock or socket.create_connection((parts.hostname, parts.port), timeout=timeout)
         payload = json.dumps(body).encode()
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{AUTH_LINE}"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         )
         self.sock.sendall(head.encode() + payload)

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from bench.client import AUTH_LINE
+
 END = b"\r\n0\r\n\r\n"  # the last chunk of a chunked body
 
 
@@ -43,7 +45,7 @@ def request_bytes(host: str, path: str, body: dict) -> bytes:
     """An HTTP/1.1 POST of `body` as JSON."""
     payload = json.dumps(body).encode()
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{AUTH_LINE}"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     )
     return head.encode() + payload

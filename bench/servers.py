@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from bench.client import BENCH_KEY
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -106,6 +108,9 @@ def stopwire(provider_url: str, workers: int = 1, **settings: str) -> Gunicorn:
         "STOPWIRE_PROVIDER_URL": provider_url,
         "STOPWIRE_DATABASE": os.path.join(scratch, "stopwire.sqlite3"),
         "STOPWIRE_DEBUG_STATS": "1",  # the pid and leak counters the benchmarks read
+        # One identity (bench/client.py sends its key) with no cap on running answers.
+        "STOPWIRE_CLIENT_KEYS": f"bench:{BENCH_KEY}",
+        "STOPWIRE_MAX_ACTIVE_PER_USER": "0",
         **{f"STOPWIRE_{key}": value for key, value in settings.items()},
     }
     # One log per worker count: the suite runs a one-worker and a two-worker Stopwire.

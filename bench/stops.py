@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import requests
 
 from bench import servers
-from bench.client import Stream, get_json
+from bench.client import BENCH_KEY, Stream, get_json
 from bench.relay_cost import rss_bytes
 from bench.stop_latency import BATCH_POLL_S, POLL_S, Sample, System, new_marker, wait_ended
 
@@ -124,7 +124,7 @@ def one_stop(url: str, demo: servers.Demo, conns: dict[int, Pinned], where: str)
         "POST",
         f"/api/generations/{meta['generation_id']}/stop",
         body=b"{}",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"},
     )
     conns[stopper].getresponse().read()
     stream.close("fin")

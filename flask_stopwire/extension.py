@@ -7,9 +7,11 @@ One `Stopwire()` can so serve several apps with different providers and database
 
 from flask import Flask
 
+from flask_stopwire.identity import IdentityHook, ensure_secret_key
+from flask_stopwire.limits import rate_limiter
 from flask_stopwire.settings import Settings
 from flask_stopwire.state import EXTENSION_KEY, StopwireState, get_stopwire
-from flask_stopwire.web import health, metrics
+from flask_stopwire.web import health, metrics, openapi
 from flask_stopwire.web.api import api
 from flask_stopwire.web.conversations import conversations
 from flask_stopwire.web.debug import debug
@@ -22,7 +24,12 @@ class Stopwire:
     - `url_prefix`: the chat, stop and conversations API (default ``/api``);
     - `openai_prefix`: the OpenAI-compatible endpoint, e.g. ``/v1``; off by default;
     - `metrics_url`, `health_url`: Prometheus metrics and a constant-time health check;
-      off by default (a host usually has its own).
+      off by default (a host usually has its own);
+    - `identity`: a function returning the current user's stable id from the host's own
+      auth, or None for "not allowed" (401); without it each browser gets an anonymous
+      identity in a signed cookie (flask_stopwire/identity.py).
+
+    The OpenAPI document of what is mounted is served at ``<url_prefix>/openapi.json``.
 
     Nothing is mounted outside these prefixes, and the host's error pages, logging and
     metric registry stay its own.
@@ -36,11 +43,13 @@ class Stopwire:
         openai_prefix: str | None = None,
         metrics_url: str | None = None,
         health_url: str | None = None,
+        identity: IdentityHook | None = None,
     ):
         self.url_prefix = url_prefix
         self.openai_prefix = openai_prefix
         self.metrics_url = metrics_url
         self.health_url = health_url
+        self.identity = identity
         if app is not None:
             self.init_app(app)
 
@@ -48,7 +57,10 @@ class Stopwire:
         """Validate the app's settings, build its state, register the blueprints."""
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("Stopwire is already initialised on this app")
-        state = StopwireState(Settings.load(app.config), app.instance_path)
+        settings = Settings.load(app.config)
+        state = StopwireState(settings, app.instance_path, self.identity)
+        if self.identity is None:
+            ensure_secret_key(app, settings.secret_key)
         app.extensions[EXTENSION_KEY] = state
         app.register_blueprint(conversations, url_prefix=self.url_prefix)
         app.register_blueprint(api, url_prefix=self.url_prefix)
@@ -56,10 +68,24 @@ class Stopwire:
             app.register_blueprint(debug, url_prefix=self.url_prefix)
         if self.openai_prefix:
             app.register_blueprint(openai, url_prefix=self.openai_prefix)
+        if settings.rate_limit:
+            rate_limiter(
+                settings.rate_limit,
+                state.store,
+                lambda: get_stopwire().identity().limit_key,
+                [api, conversations, openai],
+                lambda: get_stopwire().metrics.refused.labels("rate").inc(),
+            ).init_app(app)
         if self.metrics_url:
             app.add_url_rule(self.metrics_url, "stopwire_metrics", metrics.exposition)
         if self.health_url:
             app.add_url_rule(self.health_url, "stopwire_health", health.healthz)
+        mounts = openapi.Mounts(
+            self.url_prefix, self.openai_prefix, self.health_url, self.metrics_url
+        )
+        app.add_url_rule(
+            f"{self.url_prefix.rstrip('/')}/openapi.json", "stopwire_openapi", openapi.view(mounts)
+        )
 
     def close(self, app: Flask | None = None) -> None:
         """Release the resources of `app` (default: the current app)."""

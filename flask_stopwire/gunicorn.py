@@ -5,8 +5,9 @@
 - On import, in the master before any app loads (so `--preload` is safe): a run
   directory for worker-to-worker stops and prometheus-client's multiprocess
   directory, unless STOPWIRE_RUN_DIR / PROMETHEUS_MULTIPROC_DIR are already set;
-  and, with the demo provider and no STOPWIRE_PROVIDER_URL, the simulated model
-  beside the master (it exits with it).
+  and, unless STOPWIRE_PROVIDER_URL is set, the simulated model beside the master (it
+  exits with it) at STOPWIRE_DEMO_URL, which only an app whose provider is `demo`
+  uses: a host that configures a real provider in code never sends its key there.
 - `post_worker_init`: each worker starts its heartbeat and stop socket, and SIGTERM
   (a deploy) interrupts its live answers at once instead of at the graceful timeout.
 - `child_exit`: a dead worker's live gauges are dropped. `on_exit`: cleanup.
@@ -41,7 +42,7 @@ def _shared_directories() -> None:
 def _demo_provider() -> subprocess.Popen | None:
     if os.environ.get("STOPWIRE_PROVIDER", "demo") != "demo":
         return None
-    if os.environ.get("STOPWIRE_PROVIDER_URL"):
+    if os.environ.get("STOPWIRE_PROVIDER_URL") or os.environ.get("STOPWIRE_DEMO_URL"):
         return None
     demo = subprocess.Popen(
         [sys.executable, "-m", "flask_stopwire.demo", "--port", "0", "--exit-with-parent"],
@@ -51,7 +52,7 @@ def _demo_provider() -> subprocess.Popen | None:
     url = demo.stdout.readline().strip() if demo.stdout else ""
     if not url:
         raise RuntimeError("the demo provider did not start")
-    os.environ["STOPWIRE_PROVIDER_URL"] = url
+    os.environ["STOPWIRE_DEMO_URL"] = url
     sys.stderr.write(f"flask_stopwire: demo provider (a simulated model) at {url}\n")
     return demo
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from limits import parse_many
+
 from flask_stopwire.providers import PROVIDERS
 
 PREFIX = "STOPWIRE_"
@@ -72,6 +74,25 @@ def _keys(name: str, value: Any) -> tuple[str, ...]:
     return tuple(k.strip() for k in value if k.strip())
 
 
+def _rate(name: str, value: Any) -> str:
+    value = _text(name, value)
+    if value.strip():
+        try:
+            parse_many(value)
+        except ValueError:
+            raise SettingError(f"{name} must read like 30/minute, got {value!r}") from None
+    return value.strip()
+
+
+def _count(name: str, value: Any) -> int:
+    """A whole number, 0 included (0 turns a cap off)."""
+    if isinstance(value, str) and value.strip() == "0":
+        return 0
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    return _positive(int)(name, value)
+
+
 def _setting(default: Any, check: Check, doc: str) -> Any:
     return field(default=default, metadata={"check": check, "doc": doc})
 
@@ -82,6 +103,7 @@ class Settings:
 
     provider: str = _setting("demo", _provider, "demo, openai, anthropic or ollama")
     provider_url: str = _setting("", _text, "the provider's base URL; empty: its default")
+    demo_url: str = _setting("", _text, "the demo model's URL (set by flask_stopwire.gunicorn)")
     api_key: str = _setting("", _text, "the provider's key; never sent to clients or logged")
     model: str = _setting("", _text, "the model name sent to the provider; empty: its default")
     heartbeat_s: float = _setting(15.0, _positive(float), "keepalive interval while silent")
@@ -96,6 +118,14 @@ class Settings:
     flush_s: float = _setting(1.0, _positive(float), "partial answers are saved this often")
     lost_after_s: float = _setting(5.0, _positive(float), "a worker silent this long is lost")
     run_dir: str = _setting("", _text, "where one host's workers keep their stop sockets")
+    secret_key: str = _setting(
+        "", _text, "signs browser identity cookies; empty: kept in instance/"
+    )
+    max_active_per_user: int = _setting(
+        3, _count, "answers one identity may run at once; 0: no cap"
+    )
+    rate_limit: str = _setting("", _rate, "requests per identity, e.g. 30/minute; empty: off")
+    metrics_token: str = _setting("", _text, "Bearer token for /metrics; empty: loopback only")
     debug_stats: bool = _setting(False, _flag, "serve <url_prefix>/debug/stats (tests)")
 
     @classmethod

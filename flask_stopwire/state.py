@@ -10,21 +10,29 @@ import atexit
 import os
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
 from flask import Flask, current_app
 
+from flask_stopwire.identity import Identity, IdentityHook, current_identity
 from flask_stopwire.providers import make_provider
 from flask_stopwire.providers.base import Message, Provider
 from flask_stopwire.providers.http import new_session
-from flask_stopwire.relay.generation import Generation, RelayEvent, RelaySettings
+from flask_stopwire.relay.generation import (
+    Generation,
+    RelayEvent,
+    RelaySettings,
+    new_generation_id,
+)
 from flask_stopwire.relay.peers import Peers
 from flask_stopwire.relay.registry import Registry
 from flask_stopwire.settings import SettingError, Settings
 from flask_stopwire.store.recording import Recorder
 from flask_stopwire.store.sqlite import SqliteStore
 from flask_stopwire.telemetry import Metrics
+from flask_stopwire.web.errors import ApiError
 
 EXTENSION_KEY = "stopwire"
 
@@ -50,8 +58,11 @@ def process_states() -> list["StopwireState"]:
 class StopwireState:
     """One app's provider, store, live generations, stop routes and metrics."""
 
-    def __init__(self, settings: Settings, instance_path: str):
+    def __init__(
+        self, settings: Settings, instance_path: str, identity_hook: IdentityHook | None = None
+    ):
         self.settings = settings
+        self.identity_hook = identity_hook
         self.provider: Provider = _provider(settings)
         self.relay_settings = RelaySettings(
             heartbeat_s=settings.heartbeat_s,
@@ -62,27 +73,60 @@ class StopwireState:
         self.store = SqliteStore(
             settings.database or os.path.join(instance_path, "stopwire.sqlite3")
         )
-        self.recorder = Recorder(self.store, settings.flush_s, settings.lost_after_s)
         self.registry = Registry()
+        self.recorder = Recorder(
+            self.store, settings.flush_s, settings.lost_after_s, self.registry.live_ids
+        )
         self.peers = Peers(settings.run_dir, self.registry.stop)
         self.metrics = Metrics()
         self._session: requests.Session | None = None
         self._session_pid: int | None = None
+        self._slots: set[str] = set()  # generation ids holding a running-answer slot
         _states.add(self)
         atexit.register(_close_if_alive, weakref.ref(self))
+
+    def identity(self) -> Identity:
+        """Who is asking (resolved once per request); ApiError 401/403 otherwise."""
+        return current_identity(self.identity_hook, self.settings.client_keys)
 
     def start(self) -> None:
         """Start this worker's heartbeat and stop socket (idempotent, per process)."""
         self.peers.serve()
         self.recorder.start()
 
+    @contextmanager
+    def admitted(self) -> Iterator[str]:
+        """A new generation id, within this identity's cap of running answers.
+
+        ApiError 429 when the cap is reached. The slot is given back if the block
+        raises, else when the generation ends (`run`).
+        """
+        generation_id = new_generation_id()
+        cap = self.settings.max_active_per_user
+        if not cap:
+            yield generation_id
+            return
+        key = self.identity().limit_key
+        if not self.store.claim_slot(key, generation_id, cap, self.settings.lost_after_s):
+            self.metrics.refused.labels("running").inc()
+            raise ApiError(
+                429, f"at most {cap} answers may run at once; stop one first", retry_after=1
+            )
+        self._slots.add(generation_id)
+        try:
+            yield generation_id
+        except BaseException:
+            self._release_slot(generation_id)
+            raise
+
     def new_generation(
         self,
         messages: list[Message],
+        user_id: str,
         generation_id: str = "",
         options: dict[str, Any] | None = None,
     ) -> Generation:
-        """A generation ready to run (nothing starts until its events are iterated)."""
+        """`user_id`'s generation, ready to run (nothing starts until its events are iterated)."""
         return Generation(
             self.provider,
             messages,
@@ -91,6 +135,7 @@ class StopwireState:
             self._ended,
             generation_id,
             options,
+            user_id,
         )
 
     def live_fields(self, generation_id: str) -> dict[str, str]:
@@ -116,12 +161,16 @@ class StopwireState:
         finally:
             self.metrics.active.dec()
             self.registry.finish(generation)
+            self._release_slot(generation.id)
 
-    def stop(self, generation_id: str, seen_chars: int | None) -> dict[str, Any] | None:
-        """Stop a generation on this worker or a sibling; None when no worker knows it."""
-        summary = self.registry.stop(generation_id, seen_chars)
+    def stop(
+        self, user_id: str, generation_id: str, seen_chars: int | None
+    ) -> dict[str, Any] | None:
+        """Stop `user_id`'s generation on this worker or a sibling; None when no worker
+        holds it for that user."""
+        summary = self.registry.stop(user_id, generation_id, seen_chars)
         if summary is None:
-            summary = self.peers.stop_elsewhere(generation_id, seen_chars)
+            summary = self.peers.stop_elsewhere(user_id, generation_id, seen_chars)
         return summary
 
     def interrupt_all(self) -> int:
@@ -138,9 +187,14 @@ class StopwireState:
             self._session = None
         _states.discard(self)
 
-    def _ended(self, generation: Generation) -> None:
+    def _release_slot(self, generation_id: str) -> None:
+        if generation_id in self._slots:
+            self._slots.discard(generation_id)
+            self.store.release_slot(generation_id)
+
+    def _ended(self, generation: Generation) -> bool:
         self.metrics.ended(generation, self.settings.provider, self.provider.model)
-        self.recorder.finish(generation)
+        return self.recorder.finish(generation)
 
     def _provider_session(self) -> requests.Session:
         # Per process, after gunicorn forked and gevent patched the worker.
@@ -151,12 +205,16 @@ class StopwireState:
 
 
 def _provider(settings: Settings) -> Provider:
-    if settings.provider == "demo" and not settings.provider_url:
-        raise SettingError(
-            "the demo provider needs STOPWIRE_PROVIDER_URL: `flask_stopwire.gunicorn` starts "
-            "it for you, or run `python -m flask_stopwire.demo` and set the URL it prints"
-        )
-    return make_provider(settings.provider, settings.provider_url, settings.api_key, settings.model)
+    url = settings.provider_url
+    if settings.provider == "demo":
+        url = url or settings.demo_url
+        if not url:
+            raise SettingError(
+                "the demo provider needs STOPWIRE_PROVIDER_URL: `flask_stopwire.gunicorn` "
+                "starts it for you, or run `python -m flask_stopwire.demo` and set the URL "
+                "it prints"
+            )
+    return make_provider(settings.provider, url, settings.api_key, settings.model)
 
 
 def _close_if_alive(ref: "weakref.ref[StopwireState]") -> None:

@@ -72,6 +72,12 @@ class Metrics:
         self.provider_errors = Counter(
             "stopwire_provider_errors", "Provider failures by type", ["type"], registry=reg
         )
+        self.refused = Counter(
+            "stopwire_limit_refusals",
+            "Requests refused by a per-identity limit (rate or running answers)",
+            ["limit"],
+            registry=reg,
+        )
         self.heartbeats = Counter(
             "stopwire_heartbeats",
             "Keepalive comments sent while the provider was silent",

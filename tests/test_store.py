@@ -1,8 +1,11 @@
 """SqliteStore and its migrations, on real SQLite files."""
 
+import contextlib
 import json
 import sqlite3
+import threading
 import time
+from datetime import UTC, datetime
 
 import gevent
 import pytest
@@ -20,6 +23,20 @@ def db_path(tmp_path):
 @pytest.fixture
 def st(db_path):
     return SqliteStore(db_path)
+
+
+USER = "user:alice"
+OTHER = "user:bob"
+
+
+def by_generation(st: SqliteStore, generation_id: str) -> dict | None:
+    """USER's saved answer written by `generation_id`, as amend_stop returns it."""
+    for conversation in st.list_conversations(USER, 100):
+        for found in st.get_conversation(USER, conversation["id"])["messages"]:
+            if found["generation_id"] == generation_id:
+                found.pop("versions")
+                return found
+    return None
 
 
 def raw(path: str) -> sqlite3.Connection:
@@ -45,7 +62,7 @@ def answer_row(path: str, message_id: str) -> sqlite3.Row:
 
 
 def message(st: SqliteStore, conversation_id: str, message_id: str) -> dict:
-    conversation = st.get_conversation(conversation_id)
+    conversation = st.get_conversation(USER, conversation_id)
     return next(m for m in conversation["messages"] if m["id"] == message_id)
 
 
@@ -57,14 +74,21 @@ def test_migrate_creates_the_schema_and_records_each_version(db_path):
     tables = {
         r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     }
-    assert tables == {"schema_version", "conversations", "messages", "message_versions"}
+    assert tables == {
+        "schema_version",
+        "conversations",
+        "messages",
+        "message_versions",
+        "rate_limits",
+        "running_generations",
+    }
     versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")]
     assert versions == list(range(1, len(migrations.MIGRATIONS) + 1))
 
 
 def test_migrate_returns_the_number_of_migrations(db_path):
     db = connect(db_path)
-    assert migrations.migrate(db) == len(migrations.MIGRATIONS) == 2
+    assert migrations.migrate(db) == len(migrations.MIGRATIONS) == 4
 
 
 def test_connect_twice_on_one_file_does_not_rerun_migrations(db_path):
@@ -113,7 +137,7 @@ def test_connection_uses_wal_and_foreign_keys(db_path):
 
 
 def test_store_file_is_in_wal_mode(st, db_path):
-    st.list_conversations(10)
+    st.list_conversations(USER, 10)
     assert raw(db_path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -127,16 +151,16 @@ def test_connect_creates_missing_directories(tmp_path):
 
 
 def test_begin_turn_creates_a_conversation(st):
-    ids = st.begin_turn(None, "Hello there", live())
-    assert set(ids) == {"conversation_id", "user_id", "message_id"}
+    ids = st.begin_turn(USER, None, "Hello there", live())
+    assert set(ids) == {"conversation_id", "user_message_id", "message_id", "messages"}
     assert ids["conversation_id"].startswith("conv_")
-    assert ids["user_id"].startswith("msg_")
+    assert ids["user_message_id"].startswith("msg_")
     assert ids["message_id"].startswith("msg_")
-    conversation = st.get_conversation(ids["conversation_id"])
+    conversation = st.get_conversation(USER, ids["conversation_id"])
     assert conversation["title"] == "Hello there"
     user, answer = conversation["messages"]
     assert {k: user[k] for k in ("id", "role", "content", "status", "generation_id", "model")} == {
-        "id": ids["user_id"],
+        "id": ids["user_message_id"],
         "role": "user",
         "content": "Hello there",
         "status": "complete",
@@ -160,70 +184,107 @@ def test_begin_turn_creates_a_conversation(st):
 
 def test_begin_turn_stores_owner_and_heartbeat(st, db_path):
     before = time.time()
-    ids = st.begin_turn(None, "Hi", live(owner="worker_x"))
+    ids = st.begin_turn(USER, None, "Hi", live(owner="worker_x"))
     row = answer_row(db_path, ids["message_id"])
     assert row["owner"] == "worker_x"
     assert before <= row["heartbeat_at"] <= time.time()
-    user = answer_row(db_path, ids["user_id"])
+    user = answer_row(db_path, ids["user_message_id"])
     assert user["owner"] is None
     assert user["heartbeat_at"] is None
 
 
 def test_title_collapses_whitespace(st):
-    ids = st.begin_turn(None, "  What\tis\n\n the   capital \r\n of France?  ", live())
-    assert st.get_conversation(ids["conversation_id"])["title"] == "What is the capital of France?"
+    ids = st.begin_turn(USER, None, "  What\tis\n\n the   capital \r\n of France?  ", live())
+    assert (
+        st.get_conversation(USER, ids["conversation_id"])["title"]
+        == "What is the capital of France?"
+    )
 
 
 def test_title_is_cut_to_sixty_characters(st):
     content = "abcdefghij " * 10
-    ids = st.begin_turn(None, content, live())
-    title = st.get_conversation(ids["conversation_id"])["title"]
+    ids = st.begin_turn(USER, None, content, live())
+    title = st.get_conversation(USER, ids["conversation_id"])["title"]
     assert title == "abcdefghij abcdefghij abcdefghij abcdefghij abcdefghij abcde"
     assert len(title) == store.TITLE_CHARS == 60
     # the message itself is saved as typed
-    assert st.get_conversation(ids["conversation_id"])["messages"][0]["content"] == content
+    assert st.get_conversation(USER, ids["conversation_id"])["messages"][0]["content"] == content
 
 
 def test_title_collapses_before_cutting(st):
-    ids = st.begin_turn(None, "start" + " " * 100 + "end", live())
-    assert st.get_conversation(ids["conversation_id"])["title"] == "start end"
+    ids = st.begin_turn(USER, None, "start" + " " * 100 + "end", live())
+    assert st.get_conversation(USER, ids["conversation_id"])["title"] == "start end"
 
 
 def test_title_of_a_blank_message(st):
-    ids = st.begin_turn(None, " \n\t ", live())
-    assert st.get_conversation(ids["conversation_id"])["title"] == "New chat"
+    ids = st.begin_turn(USER, None, " \n\t ", live())
+    assert st.get_conversation(USER, ids["conversation_id"])["title"] == "New chat"
 
 
 def test_begin_turn_in_an_unknown_conversation(st):
     with pytest.raises(KeyError):
-        st.begin_turn("conv_nope", "Hi", live())
-    assert st.list_conversations(10) == []
+        st.begin_turn(USER, "conv_nope", "Hi", live())
+    assert st.list_conversations(USER, 10) == []
 
 
 def test_begin_turn_while_an_answer_is_streaming(st):
-    ids = st.begin_turn(None, "First", live(1))
+    ids = st.begin_turn(USER, None, "First", live(1))
     with pytest.raises(store.Conflict):
-        st.begin_turn(ids["conversation_id"], "Second", live(2))
-    messages = st.get_conversation(ids["conversation_id"])["messages"]
+        st.begin_turn(USER, ids["conversation_id"], "Second", live(2))
+    messages = st.get_conversation(USER, ids["conversation_id"])["messages"]
     assert [m["content"] for m in messages] == ["First", ""]
 
 
-def test_concurrent_turns_one_wins(st):
-    ids = st.begin_turn(None, "First", live(1))
-    finished(st, ids["message_id"])
-    cid = ids["conversation_id"]
-    jobs = [gevent.spawn(st.begin_turn, cid, f"Turn {n}", live(n)) for n in (2, 3)]
-    gevent.joinall(jobs)
-    assert sorted(type(j.exception).__name__ for j in jobs) == ["Conflict", "NoneType"]
-    assert len(st.get_conversation(cid)["messages"]) == 4
+RACE_ROUNDS = 10
+RACE_WAIT_S = 0.05
+
+
+def test_concurrent_turns_from_two_workers_one_wins(db_path, monkeypatch):
+    # Two stores are two workers: two connections on one file, each on its own thread.
+    # Each thread waits for the other right after finding the conversation idle, so both
+    # would go on to write unless the first check keeps the second out until it commits.
+    # (A barrier before the transaction instead let the calls overlap in 3% of rounds.)
+    stores = [SqliteStore(db_path), SqliteStore(db_path)]
+    barrier = threading.Barrier(2)
+    check_idle = store._check_idle
+    checks: list[tuple[object, ...]] = []
+
+    def check_then_wait(*args: object) -> None:
+        """Check on the DB thread, then wait (briefly) for the other worker to check too."""
+        checks.append(args)
+        check_idle(*args)
+        # A timeout means the other worker is kept out of its check: go on alone.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=RACE_WAIT_S)
+
+    first = stores[0].begin_turn(USER, None, "First", live(0))
+    cid, answer = first["conversation_id"], first["message_id"]
+    monkeypatch.setattr(store, "_check_idle", check_then_wait)
+    for round_ in range(1, RACE_ROUNDS + 1):
+        finished(stores[round_ % 2], answer)
+        barrier.reset()
+        jobs = [
+            gevent.spawn(st.begin_turn, USER, cid, f"Turn {round_}.{n}", live(2 * round_ + n))
+            for n, st in enumerate(stores)
+        ]
+        gevent.joinall(jobs, raise_error=False)
+        outcomes = sorted(type(j.exception).__name__ for j in jobs)
+        assert outcomes == ["Conflict", "NoneType"], (round_, [j.exception for j in jobs])
+        answer = next(j.value for j in jobs if j.successful())["message_id"]
+        messages = stores[0].get_conversation(USER, cid)["messages"]
+        assert len(messages) == 2 * (round_ + 1)
+        assert [m["id"] for m in messages if m["status"] == "streaming"] == [answer]
+    assert len(checks) == 2 * RACE_ROUNDS  # every call went through the rendezvous
+    for st in stores:
+        st.close()
 
 
 def test_begin_turn_in_an_existing_conversation_keeps_its_title_and_order(st):
-    ids = st.begin_turn(None, "First question", live(1))
+    ids = st.begin_turn(USER, None, "First question", live(1))
     finished(st, ids["message_id"], content="First answer")
-    second = st.begin_turn(ids["conversation_id"], "Second question", live(2))
+    second = st.begin_turn(USER, ids["conversation_id"], "Second question", live(2))
     assert second["conversation_id"] == ids["conversation_id"]
-    conversation = st.get_conversation(ids["conversation_id"])
+    conversation = st.get_conversation(USER, ids["conversation_id"])
     assert conversation["title"] == "First question"
     assert [(m["role"], m["content"], m["status"]) for m in conversation["messages"]] == [
         ("user", "First question", "complete"),
@@ -238,7 +299,7 @@ def test_begin_turn_in_an_existing_conversation_keeps_its_title_and_order(st):
 
 
 def test_finish_answer_stores_everything(st, db_path):
-    ids = st.begin_turn(None, "Hi", live())
+    ids = st.begin_turn(USER, None, "Hi", live())
     usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8, "estimated": True}
     receipt = {"signal": "user_stop", "stop_to_close_ms": 1.25, "tokens_after_stop": 0}
     st.finish_answer(
@@ -264,7 +325,7 @@ def test_finish_answer_stores_everything(st, db_path):
 
 
 def test_finish_answer_without_receipt_or_usage(st):
-    ids = st.begin_turn(None, "Hi", live())
+    ids = st.begin_turn(USER, None, "Hi", live())
     st.finish_answer(
         ids["message_id"], {"content": "Hello", "status": "complete", "reason": None, "usage": None}
     )
@@ -278,14 +339,14 @@ def test_finish_answer_without_receipt_or_usage(st):
 
 
 def test_finish_answer_allows_a_new_turn(st):
-    ids = st.begin_turn(None, "Hi", live(1))
+    ids = st.begin_turn(USER, None, "Hi", live(1))
     finished(st, ids["message_id"], status="error", reason="upstream_error", content="")
-    second = st.begin_turn(ids["conversation_id"], "Again", live(2))
+    second = st.begin_turn(USER, ids["conversation_id"], "Again", live(2))
     assert message(st, ids["conversation_id"], second["message_id"])["status"] == "streaming"
 
 
 def test_finish_answer_bumps_message_updated_at(st):
-    ids = st.begin_turn(None, "Hi", live())
+    ids = st.begin_turn(USER, None, "Hi", live())
     started = message(st, ids["conversation_id"], ids["message_id"])["updated_at"]
     time.sleep(0.005)
     finished(st, ids["message_id"])
@@ -305,38 +366,46 @@ def set_updated_at(path: str, stamps: dict[str, str]) -> None:
 def new_conversations(st: SqliteStore, n: int) -> list[str]:
     ids = []
     for i in range(n):
-        turn = st.begin_turn(None, f"Conversation {i}", live(i))
+        turn = st.begin_turn(USER, None, f"Conversation {i}", live(i))
         finished(st, turn["message_id"])
         ids.append(turn["conversation_id"])
     return ids
 
 
+def utc_now() -> str:
+    """Now in the store's timestamp format (ISO 8601, UTC, milliseconds), by the clock."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def test_list_is_newest_first_by_updated_at(st, db_path):
+    before = utc_now()
     a, b, c = new_conversations(st, 3)
+    after = utc_now()
     set_updated_at(db_path, {a: "2024-01-02T00:00:00.000Z", b: "2024-01-03T00:00:00.000Z"})
     set_updated_at(db_path, {c: "2024-01-01T00:00:00.000Z"})
-    listed = st.list_conversations(10)
+    listed = st.list_conversations(USER, 10)
     assert [x["id"] for x in listed] == [b, a, c]
+    created_at = listed[0].pop("created_at")
     assert listed[0] == {
         "id": b,
         "title": "Conversation 1",
-        "created_at": listed[0]["created_at"],
         "updated_at": "2024-01-03T00:00:00.000Z",
     }
+    assert before <= created_at <= after  # when it was made, not when it was last touched
 
 
 def test_a_new_turn_moves_a_conversation_to_the_top(st, db_path):
     a, b = new_conversations(st, 2)
     set_updated_at(db_path, {a: "2024-01-01T00:00:00.000Z", b: "2024-01-02T00:00:00.000Z"})
-    assert [x["id"] for x in st.list_conversations(10)] == [b, a]
-    st.begin_turn(a, "Back again", live(99))
-    assert [x["id"] for x in st.list_conversations(10)] == [a, b]
+    assert [x["id"] for x in st.list_conversations(USER, 10)] == [b, a]
+    st.begin_turn(USER, a, "Back again", live(99))
+    assert [x["id"] for x in st.list_conversations(USER, 10)] == [a, b]
 
 
 def test_list_respects_limit(st):
     new_conversations(st, 4)
-    assert len(st.list_conversations(3)) == 3
-    assert len(st.list_conversations(10)) == 4
+    assert len(st.list_conversations(USER, 3)) == 3
+    assert len(st.list_conversations(USER, 10)) == 4
 
 
 def test_cursor_pages_through_all_conversations_once(st, db_path):
@@ -346,13 +415,13 @@ def test_cursor_pages_through_all_conversations_once(st, db_path):
         db_path,
         {cid: f"2024-01-0{1 + i // 4}T00:00:00.000Z" for i, cid in enumerate(ids)},
     )
-    everything = st.list_conversations(100)
+    everything = st.list_conversations(USER, 100)
     assert len(everything) == 11
     expected = sorted(everything, key=lambda c: (c["updated_at"], c["id"]), reverse=True)
     assert everything == expected
     pages, before = [], None
     for _ in range(10):  # bounded: a cursor that never advances must fail, not hang
-        page = st.list_conversations(3, before)
+        page = st.list_conversations(USER, 3, before)
         if not page:
             break
         pages.append(page)
@@ -363,16 +432,16 @@ def test_cursor_pages_through_all_conversations_once(st, db_path):
 
 
 def test_get_unknown_conversation(st):
-    assert st.get_conversation("conv_nope") is None
+    assert st.get_conversation(USER, "conv_nope") is None
 
 
 def test_get_conversation_returns_messages_in_order_with_versions(st):
-    ids = st.begin_turn(None, "Q1", live(1))
+    ids = st.begin_turn(USER, None, "Q1", live(1))
     finished(st, ids["message_id"], content="A1")
     cid = ids["conversation_id"]
-    second = st.begin_turn(cid, "Q2", live(2))
+    second = st.begin_turn(USER, cid, "Q2", live(2))
     finished(st, second["message_id"], content="A2")
-    conversation = st.get_conversation(cid)
+    conversation = st.get_conversation(USER, cid)
     assert set(conversation) == {"id", "title", "created_at", "updated_at", "messages"}
     assert conversation["id"] == cid
     assert [(m["role"], m["content"]) for m in conversation["messages"]] == [
@@ -401,30 +470,30 @@ def test_get_conversation_returns_messages_in_order_with_versions(st):
 
 
 def test_get_conversation_does_not_mix_conversations(st):
-    a = st.begin_turn(None, "In A", live(1))
-    b = st.begin_turn(None, "In B", live(2))
-    assert [m["content"] for m in st.get_conversation(a["conversation_id"])["messages"]] == [
+    a = st.begin_turn(USER, None, "In A", live(1))
+    b = st.begin_turn(USER, None, "In B", live(2))
+    assert [m["content"] for m in st.get_conversation(USER, a["conversation_id"])["messages"]] == [
         "In A",
         "",
     ]
-    assert [m["id"] for m in st.get_conversation(b["conversation_id"])["messages"]] == [
-        b["user_id"],
+    assert [m["id"] for m in st.get_conversation(USER, b["conversation_id"])["messages"]] == [
+        b["user_message_id"],
         b["message_id"],
     ]
 
 
 def test_delete_conversation_cascades(st, db_path):
-    ids = st.begin_turn(None, "Hi", live(1))
+    ids = st.begin_turn(USER, None, "Hi", live(1))
     finished(st, ids["message_id"], content="old")
-    st.restart_answer(ids["conversation_id"], ids["message_id"], False, live(2))
-    other = st.begin_turn(None, "Keep me", live(3))
+    st.restart_answer(USER, ids["conversation_id"], ids["message_id"], False, live(2))
+    other = st.begin_turn(USER, None, "Keep me", live(3))
     db = raw(db_path)
     assert db.execute("SELECT COUNT(*) FROM message_versions").fetchone()[0] == 1
 
-    assert st.delete_conversation(ids["conversation_id"]) is True
+    assert st.delete_conversation(USER, ids["conversation_id"]) is True
 
-    assert st.get_conversation(ids["conversation_id"]) is None
-    assert [c["id"] for c in st.list_conversations(10)] == [other["conversation_id"]]
+    assert st.get_conversation(USER, ids["conversation_id"]) is None
+    assert [c["id"] for c in st.list_conversations(USER, 10)] == [other["conversation_id"]]
     assert (
         db.execute(
             "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (ids["conversation_id"],)
@@ -436,20 +505,20 @@ def test_delete_conversation_cascades(st, db_path):
 
 
 def test_delete_unknown_conversation(st):
-    assert st.delete_conversation("conv_nope") is False
+    assert st.delete_conversation(USER, "conv_nope") is False
 
 
 def test_delete_twice(st):
-    ids = st.begin_turn(None, "Hi", live())
-    assert st.delete_conversation(ids["conversation_id"]) is True
-    assert st.delete_conversation(ids["conversation_id"]) is False
+    ids = st.begin_turn(USER, None, "Hi", live())
+    assert st.delete_conversation(USER, ids["conversation_id"]) is True
+    assert st.delete_conversation(USER, ids["conversation_id"]) is False
 
 
 # -- restart_answer --------------------------------------------------------------------
 
 
 def stopped_answer(st: SqliteStore, text: str = "Hello wor") -> dict:
-    ids = st.begin_turn(None, "Say hello", live(1))
+    ids = st.begin_turn(USER, None, "Say hello", live(1))
     st.finish_answer(
         ids["message_id"],
         {
@@ -467,7 +536,7 @@ def test_continue_keeps_the_text(st, db_path):
     ids = stopped_answer(st)
     before = time.time()
     previous = st.restart_answer(
-        ids["conversation_id"], ids["message_id"], True, live(2, "worker_b", "other-model")
+        USER, ids["conversation_id"], ids["message_id"], True, live(2, "worker_b", "other-model")
     )
     assert previous["content"] == "Hello wor"
     assert previous["status"] == "stopped"
@@ -491,7 +560,7 @@ def test_regenerate_moves_the_old_answer_into_versions(st):
     ids = stopped_answer(st)
     cid, mid = ids["conversation_id"], ids["message_id"]
     old = message(st, cid, mid)
-    st.restart_answer(cid, mid, False, live(2))
+    st.restart_answer(USER, cid, mid, False, live(2))
     answer = message(st, cid, mid)
     assert (answer["content"], answer["status"], answer["generation_id"]) == (
         "",
@@ -514,13 +583,13 @@ def test_regenerate_moves_the_old_answer_into_versions(st):
 def test_regenerate_numbers_versions_in_order(st, db_path):
     ids = stopped_answer(st, "first")
     cid, mid = ids["conversation_id"], ids["message_id"]
-    st.restart_answer(cid, mid, False, live(2))
+    st.restart_answer(USER, cid, mid, False, live(2))
     finished(st, mid, content="second")
-    st.restart_answer(cid, mid, False, live(3))
+    st.restart_answer(USER, cid, mid, False, live(3))
     st.finish_answer(
         mid, {"content": "", "status": "error", "reason": "upstream_error", "usage": None}
     )
-    st.restart_answer(cid, mid, False, live(4))
+    st.restart_answer(USER, cid, mid, False, live(4))
     rows = raw(db_path).execute(
         "SELECT version, content, status, generation_id FROM message_versions "
         "WHERE message_id = ? ORDER BY version",
@@ -542,10 +611,10 @@ def test_regenerate_numbers_versions_in_order(st, db_path):
 
 def test_versions_are_numbered_per_message(st, db_path):
     a = stopped_answer(st, "a")
-    b = st.begin_turn(None, "Other", live(10))
+    b = st.begin_turn(USER, None, "Other", live(10))
     finished(st, b["message_id"], content="b")
-    st.restart_answer(a["conversation_id"], a["message_id"], False, live(2))
-    st.restart_answer(b["conversation_id"], b["message_id"], False, live(11))
+    st.restart_answer(USER, a["conversation_id"], a["message_id"], False, live(2))
+    st.restart_answer(USER, b["conversation_id"], b["message_id"], False, live(11))
     rows = raw(db_path).execute("SELECT message_id, version FROM message_versions")
     assert sorted(tuple(r) for r in rows) == sorted([(a["message_id"], 1), (b["message_id"], 1)])
 
@@ -553,20 +622,20 @@ def test_versions_are_numbered_per_message(st, db_path):
 def test_continue_after_continue_adds_no_versions(st):
     ids = stopped_answer(st)
     cid, mid = ids["conversation_id"], ids["message_id"]
-    st.restart_answer(cid, mid, True, live(2))
+    st.restart_answer(USER, cid, mid, True, live(2))
     st.finish_answer(
         mid, {"content": "Hello world", "status": "stopped", "reason": "user_stop", "usage": None}
     )
-    st.restart_answer(cid, mid, True, live(3))
+    st.restart_answer(USER, cid, mid, True, live(3))
     answer = message(st, cid, mid)
     assert (answer["content"], answer["versions"]) == ("Hello world", [])
 
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_restart_while_streaming(st, keep):
-    ids = st.begin_turn(None, "Hi", live(1))
+    ids = st.begin_turn(USER, None, "Hi", live(1))
     with pytest.raises(store.Conflict):
-        st.restart_answer(ids["conversation_id"], ids["message_id"], keep, live(2))
+        st.restart_answer(USER, ids["conversation_id"], ids["message_id"], keep, live(2))
     answer = message(st, ids["conversation_id"], ids["message_id"])
     assert (answer["generation_id"], answer["versions"]) == ("gen_1", [])
 
@@ -575,28 +644,28 @@ def test_restart_while_streaming(st, keep):
 def test_restart_unknown_message(st, keep):
     ids = stopped_answer(st)
     with pytest.raises(LookupError) as caught:
-        st.restart_answer(ids["conversation_id"], "msg_nope", keep, live(2))
+        st.restart_answer(USER, ids["conversation_id"], "msg_nope", keep, live(2))
     assert caught.value.args == ("msg_nope",)
 
 
 def test_restart_a_message_of_another_conversation(st):
     a = stopped_answer(st)
-    b = st.begin_turn(None, "Other", live(10))
+    b = st.begin_turn(USER, None, "Other", live(10))
     finished(st, b["message_id"])
     with pytest.raises(LookupError):
-        st.restart_answer(b["conversation_id"], a["message_id"], False, live(2))
+        st.restart_answer(USER, b["conversation_id"], a["message_id"], False, live(2))
     assert message(st, a["conversation_id"], a["message_id"])["versions"] == []
 
 
 def test_restart_in_an_unknown_conversation(st):
     ids = stopped_answer(st)
     with pytest.raises(KeyError):
-        st.restart_answer("conv_nope", ids["message_id"], True, live(2))
+        st.restart_answer(USER, "conv_nope", ids["message_id"], True, live(2))
 
 
 def test_restart_bumps_the_conversation(st, db_path):
     ids = stopped_answer(st)
-    other = st.begin_turn(None, "Newer", live(5))
+    other = st.begin_turn(USER, None, "Newer", live(5))
     finished(st, other["message_id"])
     set_updated_at(
         db_path,
@@ -605,8 +674,8 @@ def test_restart_bumps_the_conversation(st, db_path):
             other["conversation_id"]: "2024-01-02T00:00:00.000Z",
         },
     )
-    st.restart_answer(ids["conversation_id"], ids["message_id"], True, live(2))
-    assert st.list_conversations(1)[0]["id"] == ids["conversation_id"]
+    st.restart_answer(USER, ids["conversation_id"], ids["message_id"], True, live(2))
+    assert st.list_conversations(USER, 1)[0]["id"] == ids["conversation_id"]
 
 
 # -- heartbeat -------------------------------------------------------------------------
@@ -625,15 +694,15 @@ def heartbeat_at(path: str, message_id: str) -> float | None:
 
 
 def test_heartbeat_flushes_text_into_streaming_messages_only(st):
-    streaming = st.begin_turn(None, "A", live(1))
-    done = st.begin_turn(None, "B", live(2))
+    streaming = st.begin_turn(USER, None, "A", live(1))
+    done = st.begin_turn(USER, None, "B", live(2))
     finished(st, done["message_id"], content="final")
     lost = st.heartbeat(
-        "worker_a",
+        [],
         [
             (streaming["message_id"], "partial text"),
             (done["message_id"], "late text"),
-            (done["user_id"], "not a streaming message"),
+            (done["user_message_id"], "not a streaming message"),
             ("msg_nope", "nobody"),
         ],
         60,
@@ -643,21 +712,21 @@ def test_heartbeat_flushes_text_into_streaming_messages_only(st):
         "partial text"
     )
     assert message(st, done["conversation_id"], done["message_id"])["content"] == "final"
-    assert message(st, done["conversation_id"], done["user_id"])["content"] == "B"
+    assert message(st, done["conversation_id"], done["user_message_id"])["content"] == "B"
 
 
 def test_heartbeat_flush_bumps_updated_at(st):
-    ids = st.begin_turn(None, "A", live(1))
+    ids = st.begin_turn(USER, None, "A", live(1))
     started = message(st, ids["conversation_id"], ids["message_id"])["updated_at"]
     time.sleep(0.005)
-    st.heartbeat("worker_a", [(ids["message_id"], "x")], 60)
+    st.heartbeat([], [(ids["message_id"], "x")], 60)
     assert message(st, ids["conversation_id"], ids["message_id"])["updated_at"] > started
 
 
-def test_heartbeat_renews_only_its_owners_streaming_messages(st, db_path):
-    mine = st.begin_turn(None, "Mine", live(1, "worker_a"))
-    theirs = st.begin_turn(None, "Theirs", live(2, "worker_b"))
-    mine_done = st.begin_turn(None, "Mine, done", live(3, "worker_a"))
+def test_heartbeat_renews_only_the_claimed_streaming_messages(st, db_path):
+    mine = st.begin_turn(USER, None, "Mine", live(1, "worker_a"))
+    theirs = st.begin_turn(USER, None, "Theirs", live(2, "worker_b"))
+    mine_done = st.begin_turn(USER, None, "Mine, done", live(3, "worker_a"))
     finished(st, mine_done["message_id"])
     for ids in (mine, theirs, mine_done):
         age(db_path, ids["message_id"], 30)
@@ -666,7 +735,7 @@ def test_heartbeat_renews_only_its_owners_streaming_messages(st, db_path):
     }
     before = time.time()
 
-    assert st.heartbeat("worker_a", [], 60) == 0
+    assert st.heartbeat([mine["message_id"], mine_done["message_id"]], [], 60) == 0
 
     assert heartbeat_at(db_path, mine["message_id"]) >= before
     assert heartbeat_at(db_path, theirs["message_id"]) == old[theirs["message_id"]]
@@ -674,18 +743,18 @@ def test_heartbeat_renews_only_its_owners_streaming_messages(st, db_path):
 
 
 def test_heartbeat_marks_lost_answers_interrupted(st, db_path):
-    mine = st.begin_turn(None, "Mine", live(1, "worker_a"))
-    lost1 = st.begin_turn(None, "Lost 1", live(2, "worker_dead"))
-    lost2 = st.begin_turn(None, "Lost 2", live(3, "worker_dead"))
-    fresh = st.begin_turn(None, "Fresh", live(4, "worker_b"))
-    done = st.begin_turn(None, "Done", live(5, "worker_dead"))
+    mine = st.begin_turn(USER, None, "Mine", live(1, "worker_a"))
+    lost1 = st.begin_turn(USER, None, "Lost 1", live(2, "worker_dead"))
+    lost2 = st.begin_turn(USER, None, "Lost 2", live(3, "worker_dead"))
+    fresh = st.begin_turn(USER, None, "Fresh", live(4, "worker_b"))
+    done = st.begin_turn(USER, None, "Done", live(5, "worker_dead"))
     finished(st, done["message_id"], content="Complete answer")
-    st.heartbeat("worker_dead", [(lost1["message_id"], "half an ans")], 60)
+    st.heartbeat([lost1["message_id"]], [(lost1["message_id"], "half an ans")], 60)
     for ids in (mine, lost1, lost2, done):
         age(db_path, ids["message_id"], 120)
     age(db_path, fresh["message_id"], 10)
 
-    assert st.heartbeat("worker_a", [], 60) == 2
+    assert st.heartbeat([mine["message_id"]], [], 60) == 2
 
     def state(ids):
         m = message(st, ids["conversation_id"], ids["message_id"])
@@ -697,17 +766,18 @@ def test_heartbeat_marks_lost_answers_interrupted(st, db_path):
     assert state(fresh) == ("streaming", None, "")
     assert state(done) == ("complete", None, "Complete answer")
     # the sweep is done: a second beat finds nothing more
-    assert st.heartbeat("worker_a", [], 60) == 0
+    assert st.heartbeat([mine["message_id"]], [], 60) == 0
 
 
 def test_a_worker_that_was_presumed_lost_does_not_revive_its_answer(st, db_path):
-    ids = st.begin_turn(None, "Hi", live(1, "worker_slow"))
-    st.heartbeat("worker_slow", [(ids["message_id"], "before")], 60)
+    ids = st.begin_turn(USER, None, "Hi", live(1, "worker_slow"))
+    claim = [ids["message_id"]]
+    st.heartbeat(claim, [(ids["message_id"], "before")], 60)
     age(db_path, ids["message_id"], 120)
-    assert st.heartbeat("worker_b", [], 60) == 1
+    assert st.heartbeat([], [], 60) == 1
     swept_at = heartbeat_at(db_path, ids["message_id"])
 
-    assert st.heartbeat("worker_slow", [(ids["message_id"], "before and after")], 60) == 0
+    assert st.heartbeat(claim, [(ids["message_id"], "before and after")], 60) == 0
 
     answer = message(st, ids["conversation_id"], ids["message_id"])
     assert (answer["status"], answer["reason"], answer["content"]) == (
@@ -719,32 +789,33 @@ def test_a_worker_that_was_presumed_lost_does_not_revive_its_answer(st, db_path)
 
 
 def test_a_lost_answer_no_longer_blocks_a_new_turn(st, db_path):
-    ids = st.begin_turn(None, "Hi", live(1, "worker_dead"))
+    ids = st.begin_turn(USER, None, "Hi", live(1, "worker_dead"))
     age(db_path, ids["message_id"], 120)
-    assert st.heartbeat("worker_a", [], 60) == 1
-    second = st.begin_turn(ids["conversation_id"], "Hello?", live(2))
+    assert st.heartbeat([], [], 60) == 1
+    second = st.begin_turn(USER, ids["conversation_id"], "Hello?", live(2))
     assert message(st, ids["conversation_id"], second["message_id"])["status"] == "streaming"
 
 
 def test_heartbeat_never_marks_its_own_answers_lost(st, db_path):
-    ids = st.begin_turn(None, "Hi", live(1, "worker_a"))
+    ids = st.begin_turn(USER, None, "Hi", live(1, "worker_a"))
     age(db_path, ids["message_id"], 120)
-    assert st.heartbeat("worker_a", [(ids["message_id"], "still here")], 60) == 0
+    claim = [ids["message_id"]]
+    assert st.heartbeat(claim, [(ids["message_id"], "still here")], 60) == 0
     answer = message(st, ids["conversation_id"], ids["message_id"])
     assert (answer["status"], answer["content"]) == ("streaming", "still here")
 
 
 def test_heartbeat_accepts_a_generator(st):
-    ids = st.begin_turn(None, "Hi", live(1))
-    st.heartbeat("worker_a", (pair for pair in [(ids["message_id"], "from a generator")]), 60)
+    ids = st.begin_turn(USER, None, "Hi", live(1))
+    st.heartbeat([], (pair for pair in [(ids["message_id"], "from a generator")]), 60)
     assert message(st, ids["conversation_id"], ids["message_id"])["content"] == "from a generator"
 
 
-# -- amend_stop / message_by_generation ------------------------------------------------
+# -- amend_stop ------------------------------------------------------------------
 
 
 def ended(st: SqliteStore, status: str, reason: str | None, text: str, n: int = 1) -> dict:
-    ids = st.begin_turn(None, "Hi", live(n))
+    ids = st.begin_turn(USER, None, "Hi", live(n))
     receipt = {"signal": reason, "stop_to_close_ms": 2.5, "tokens_after_stop": 1}
     st.finish_answer(
         ids["message_id"],
@@ -761,7 +832,7 @@ def ended(st: SqliteStore, status: str, reason: str | None, text: str, n: int = 
 
 def test_amend_stop_cuts_to_what_the_user_saw(st):
     ended(st, "stopped", "client_disconnect", "Hello, world and more")
-    amended = st.amend_stop("gen_1", 12)
+    amended = st.amend_stop(USER, "gen_1", 12)
     assert amended["content"] == "Hello, world"
     assert amended["status"] == "stopped"
     assert amended["reason"] == "user_stop"
@@ -771,12 +842,12 @@ def test_amend_stop_cuts_to_what_the_user_saw(st):
         "tokens_after_stop": 1,
     }
     assert amended["usage"] == {"prompt_tokens": 1, "completion_tokens": 4}
-    assert st.message_by_generation("gen_1") == amended
+    assert by_generation(st, "gen_1") == amended
 
 
 def test_amend_stop_without_seen_chars_keeps_everything(st):
     ended(st, "stopped", "client_disconnect", "Hello, world")
-    amended = st.amend_stop("gen_1", None)
+    amended = st.amend_stop(USER, "gen_1", None)
     assert (amended["content"], amended["reason"], amended["receipt"]["signal"]) == (
         "Hello, world",
         "user_stop",
@@ -786,17 +857,17 @@ def test_amend_stop_without_seen_chars_keeps_everything(st):
 
 def test_amend_stop_with_more_seen_than_written_keeps_everything(st):
     ended(st, "stopped", "client_disconnect", "Hello")
-    assert st.amend_stop("gen_1", 500)["content"] == "Hello"
+    assert st.amend_stop(USER, "gen_1", 500)["content"] == "Hello"
 
 
 def test_amend_stop_with_nothing_seen(st):
     ended(st, "stopped", "client_disconnect", "Hello")
-    assert st.amend_stop("gen_1", 0)["content"] == ""
+    assert st.amend_stop(USER, "gen_1", 0)["content"] == ""
 
 
 def test_amend_stop_counts_characters_not_bytes(st):
     ended(st, "stopped", "client_disconnect", "héllo 👋 wörld")
-    assert st.amend_stop("gen_1", 7)["content"] == "héllo 👋"
+    assert st.amend_stop(USER, "gen_1", 7)["content"] == "héllo 👋"
 
 
 @pytest.mark.parametrize(
@@ -811,16 +882,16 @@ def test_amend_stop_counts_characters_not_bytes(st):
 )
 def test_amend_stop_leaves_other_endings_alone(st, status, reason):
     ended(st, status, reason, "Hello, world")
-    before = st.message_by_generation("gen_1")
-    assert st.amend_stop("gen_1", 3) == before
+    before = by_generation(st, "gen_1")
+    assert st.amend_stop(USER, "gen_1", 3) == before
     assert before["content"] == "Hello, world"
     assert before["reason"] == reason
 
 
 def test_amend_stop_leaves_a_streaming_answer_alone(st):
-    ids = st.begin_turn(None, "Hi", live(1))
-    st.heartbeat("worker_a", [(ids["message_id"], "partial")], 60)
-    amended = st.amend_stop("gen_1", 2)
+    ids = st.begin_turn(USER, None, "Hi", live(1))
+    st.heartbeat([], [(ids["message_id"], "partial")], 60)
+    amended = st.amend_stop(USER, "gen_1", 2)
     assert (amended["status"], amended["reason"], amended["content"]) == (
         "streaming",
         None,
@@ -831,34 +902,13 @@ def test_amend_stop_leaves_a_streaming_answer_alone(st):
 def test_amend_stop_touches_only_its_generation(st):
     ended(st, "stopped", "client_disconnect", "first", n=1)
     ended(st, "stopped", "client_disconnect", "second", n=2)
-    st.amend_stop("gen_1", 2)
-    other = st.message_by_generation("gen_2")
+    st.amend_stop(USER, "gen_1", 2)
+    other = by_generation(st, "gen_2")
     assert (other["content"], other["reason"]) == ("second", "client_disconnect")
 
 
 def test_amend_stop_unknown_generation(st):
-    assert st.amend_stop("gen_nope", 3) is None
-
-
-def test_message_by_generation(st):
-    ids = st.begin_turn(None, "Hi", live(7, model="m-7"))
-    found = st.message_by_generation("gen_7")
-    assert (found["id"], found["conversation_id"], found["role"], found["model"]) == (
-        ids["message_id"],
-        ids["conversation_id"],
-        "assistant",
-        "m-7",
-    )
-    assert "versions" not in found
-    assert st.message_by_generation("gen_nope") is None
-
-
-def test_message_by_generation_follows_a_regenerate(st):
-    ids = stopped_answer(st)
-    st.restart_answer(ids["conversation_id"], ids["message_id"], False, live(2))
-    assert st.message_by_generation("gen_2")["id"] == ids["message_id"]
-    # the old generation now lives only in the versions
-    assert st.message_by_generation("gen_1") is None
+    assert st.amend_stop(USER, "gen_nope", 3) is None
 
 
 # -- plumbing --------------------------------------------------------------------------
@@ -866,10 +916,10 @@ def test_message_by_generation_follows_a_regenerate(st):
 
 def test_two_stores_share_one_file(db_path):
     a, b = SqliteStore(db_path), SqliteStore(db_path)
-    ids = a.begin_turn(None, "Hi", live(1))
-    assert b.get_conversation(ids["conversation_id"])["messages"][0]["content"] == "Hi"
+    ids = a.begin_turn(USER, None, "Hi", live(1))
+    assert b.get_conversation(USER, ids["conversation_id"])["messages"][0]["content"] == "Hi"
     with pytest.raises(store.Conflict):
-        b.begin_turn(ids["conversation_id"], "Again", live(2))
+        b.begin_turn(USER, ids["conversation_id"], "Again", live(2))
 
 
 def test_new_id():
@@ -887,22 +937,33 @@ def test_now_iso_is_utc_with_milliseconds():
     assert stamp[19] == "."
 
 
-def test_version_1_files_gain_base_chars_and_keep_their_rows(db_path, monkeypatch):
+def test_version_1_files_upgrade_keeping_their_rows_owned_by_nobody(db_path, monkeypatch):
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
-    old = SqliteStore(db_path)
-    ids = old.begin_turn(None, "hi", live(1))
-    finished(old, ids["message_id"], content="Hello", status="stopped", reason="client_disconnect")
+    db = connect(db_path)
+    db.execute(
+        "INSERT INTO conversations (id, title, created_at, updated_at) "
+        "VALUES ('conv_old', 'Old', 't', 't')"
+    )
+    db.execute(
+        "INSERT INTO messages (id, conversation_id, seq, role, content, status, created_at, "
+        "updated_at) VALUES ('msg_old', 'conv_old', 1, 'user', 'hi', 'complete', 't', 't')"
+    )
+    db.close()
     monkeypatch.undo()
     upgraded = SqliteStore(db_path)
-    assert upgraded.amend_stop("gen_1", 2)["content"] == "He"
+    # Saved before identities existed: kept, and seen by no one.
+    assert upgraded.list_conversations(USER, 10) == []
+    assert upgraded.get_conversation("", "conv_old")["messages"][0]["content"] == "hi"
     columns = [r[1] for r in raw(db_path).execute("PRAGMA table_info(messages)")]
     assert "base_chars" in columns
 
 
 def test_a_late_stop_of_a_continuation_cuts_after_the_kept_text(st):
-    ids = st.begin_turn(None, "hi", live(1))
+    ids = st.begin_turn(USER, None, "hi", live(1))
     finished(st, ids["message_id"], content="Hello", status="stopped", reason="user_stop")
-    st.restart_answer(ids["conversation_id"], ids["message_id"], True, {**live(2), "base_chars": 5})
+    st.restart_answer(
+        USER, ids["conversation_id"], ids["message_id"], True, {**live(2), "base_chars": 5}
+    )
     finished(
         st,
         ids["message_id"],
@@ -910,4 +971,75 @@ def test_a_late_stop_of_a_continuation_cuts_after_the_kept_text(st):
         status="stopped",
         reason="client_disconnect",
     )
-    assert st.amend_stop("gen_2", 6)["content"] == "Hello there"
+    assert st.amend_stop(USER, "gen_2", 6)["content"] == "Hello there"
+
+
+# -- ownership -------------------------------------------------------------------------
+
+
+def test_another_users_conversation_behaves_like_an_unknown_one(st):
+    ids = stopped_answer(st)
+    cid, mid = ids["conversation_id"], ids["message_id"]
+    assert st.list_conversations(OTHER, 10) == []
+    assert st.get_conversation(OTHER, cid) is None
+    assert st.delete_conversation(OTHER, cid) is False
+    with pytest.raises(KeyError):
+        st.begin_turn(OTHER, cid, "mine now?", live(5))
+    with pytest.raises(KeyError):
+        st.restart_answer(OTHER, cid, mid, False, live(6))
+    # Nothing of it changed for its owner.
+    assert [c["id"] for c in st.list_conversations(USER, 10)] == [cid]
+    assert len(st.get_conversation(USER, cid)["messages"]) == 2
+
+
+def test_another_user_cannot_amend_a_stop(st):
+    ended(st, "stopped", "client_disconnect", "Hello, world")
+    assert st.amend_stop(OTHER, "gen_1", 2) is None
+    assert by_generation(st, "gen_1")["reason"] == "client_disconnect"
+
+
+def test_lists_page_by_owner(st):
+    mine = [st.begin_turn(USER, None, f"Q{n}", live(n))["conversation_id"] for n in range(3)]
+    theirs = st.begin_turn(OTHER, None, "Theirs", live(9))["conversation_id"]
+    first = st.list_conversations(USER, 2)
+    rest = st.list_conversations(USER, 2, (first[-1]["updated_at"], first[-1]["id"]))
+    assert sorted(c["id"] for c in first + rest) == sorted(mine)
+    assert [c["id"] for c in st.list_conversations(OTHER, 10)] == [theirs]
+
+
+# -- limits shared by the workers ------------------------------------------------------
+
+
+def test_rate_windows_count_and_expire(st):
+    assert st.hits("k") == (0, pytest.approx(time.time(), abs=1))
+    assert st.hit("k", 60) == 1
+    assert st.hit("k", 60, amount=2) == 3
+    hits, expires_at = st.hits("k")
+    assert hits == 3 and expires_at == pytest.approx(time.time() + 60, abs=2)
+    assert st.hit("short", 0.05) == 1
+    time.sleep(0.06)
+    assert st.hits("short")[0] == 0
+    assert st.hit("short", 60) == 1  # a new window
+    st.clear_hits("k")
+    assert st.hits("k")[0] == 0
+
+
+def test_running_slots_are_capped_per_key_and_shared(db_path):
+    a, b = SqliteStore(db_path), SqliteStore(db_path)  # two workers
+    assert a.claim_slot("key:x", "gen_1", 2, 60)
+    assert b.claim_slot("key:x", "gen_2", 2, 60)
+    assert not a.claim_slot("key:x", "gen_3", 2, 60)
+    assert b.claim_slot("key:y", "gen_4", 2, 60)  # another identity is not affected
+    b.release_slot("gen_2")
+    assert a.claim_slot("key:x", "gen_3", 2, 60)
+
+
+def test_a_dead_workers_slots_free_themselves_unless_renewed(st, db_path):
+    assert st.claim_slot("key:x", "gen_1", 1, 60)
+    assert st.claim_slot("key:z", "gen_2", 1, 60)
+    db = raw(db_path)
+    db.execute("UPDATE running_generations SET heartbeat_at = heartbeat_at - 120")
+    db.close()
+    st.heartbeat([], [], 60, slots=["gen_2"])  # gen_2's worker still beats
+    assert st.claim_slot("key:x", "gen_3", 1, 60)  # gen_1 went stale: freed
+    assert not st.claim_slot("key:z", "gen_4", 1, 60)

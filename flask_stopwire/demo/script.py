@@ -9,6 +9,7 @@ A request steers the demo with a directive anywhere in its last user message, e.
     tokens=N         how many tokens to send
     silence=N:S      after N tokens, stay silent for S seconds
     status=CODE      answer with this HTTP error status and an OpenAI-style error body
+                     (a 401 quotes back the key it was sent, as some providers do)
     fail=KIND:N      after N tokens: drop (cut the connection), malformed (a broken
                      line) or error (an in-stream error chunk)
     echo             say the user's message (without the directive) instead of prose

@@ -24,6 +24,8 @@ from flask_stopwire.relay.disconnect import peer_closed
 
 MAX_HEAD = 64 * 1024
 KEEPALIVE_S = 75.0
+# The parts of a completion request that are not sampling options, which it records.
+_NOT_OPTIONS = frozenset({"model", "messages", "stream", "stream_options"})
 
 
 class ClientGone(Exception):
@@ -38,6 +40,7 @@ class StreamRecord:
     prompt: str
     started_at: float
     messages: list[dict] = field(default_factory=list)  # the conversation as received
+    options: dict = field(default_factory=dict)  # the rest of the body: temperature, stop...
     first_token_at: float | None = None
     last_token_at: float | None = None
     tokens_sent: int = 0
@@ -100,10 +103,12 @@ class DemoServer:
             _send_json(sock, 400, _error("invalid_request_error", "messages with a user turn"))
             return True
         script, text = scripts.parse(str(user_text), self.defaults)
-        record = StreamRecord(next(self._ids), text[:80], time.monotonic(), messages)
+        options = {k: v for k, v in body.items() if k not in _NOT_OPTIONS}
+        record = StreamRecord(next(self._ids), text[:80], time.monotonic(), messages, options)
         self.records.append(record)
         try:
-            return Answer(sock, script, record, body).send(scripts.words(script, text))
+            answer = Answer(sock, script, record, body, _bearer(request.headers))
+            return answer.send(scripts.words(script, text))
         except ClientGone:
             record.client_closed_at = record.client_closed_at or time.monotonic()
             record.ended, record.ended_at = "client_closed", time.monotonic()
@@ -114,9 +119,14 @@ class Answer:
     """One scripted answer written to one client, watching it for departure."""
 
     def __init__(
-        self, sock: socket.socket, script: scripts.Script, record: StreamRecord, body: dict
+        self,
+        sock: socket.socket,
+        script: scripts.Script,
+        record: StreamRecord,
+        body: dict,
+        key: str = "",
     ):
-        self.sock, self.script, self.record = sock, script, record
+        self.sock, self.script, self.record, self.key = sock, script, record, key
         self.stream = bool(body.get("stream"))
         self.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self.prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
@@ -126,7 +136,7 @@ class Answer:
         script = self.script
         self._idle(script.headers_delay)
         if script.status >= 400:
-            _send_json(self.sock, script.status, _status_error(script.status))
+            _send_json(self.sock, script.status, _status_error(script.status, self.key))
             self._end("error_status")
             return True
         if not self.stream:
@@ -294,9 +304,19 @@ def _error(type_: str, message: str) -> dict:
     return {"error": {"message": message, "type": type_, "param": None, "code": None}}
 
 
-def _status_error(status: int) -> dict:
+def _status_error(status: int, key: str = "") -> dict:
     kinds = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
-    return _error(kinds.get(status, "server_error"), f"demo model injected HTTP {status}")
+    message = f"demo model injected HTTP {status}"
+    if status == 401:
+        # Quote the key back, as some providers do, so the relay's redaction is tested.
+        message += f": incorrect API key provided: {key}" if key else ": no API key provided"
+    return _error(kinds.get(status, "server_error"), message)
+
+
+def _bearer(headers: dict[str, str]) -> str:
+    """The key in an `Authorization: Bearer` header, or ""."""
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
 
 
 _REASONS = {

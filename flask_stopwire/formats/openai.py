@@ -11,6 +11,8 @@ DONE = b"data: [DONE]\n\n"
 
 # Our error types as HTTP statuses an OpenAI SDK maps to its exception classes.
 STATUS_BY_TYPE = {
+    # The provider refused the request itself (e.g. no user turn): the caller's to fix.
+    "provider_bad_request": 400,
     "provider_rate_limited": 429,
     "provider_timeout": 504,
     "provider_unavailable": 503,

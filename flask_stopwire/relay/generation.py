@@ -96,11 +96,13 @@ class Generation:
         messages: list[Message],
         session: requests.Session,
         settings: RelaySettings,
-        on_end: Callable[["Generation"], None] | None = None,
+        on_end: Callable[["Generation"], bool] | None = None,
         generation_id: str = "",
         options: dict[str, Any] | None = None,
+        user_id: str = "",
     ):
         self.id = generation_id or new_generation_id()
+        self.user_id = user_id  # only its owner may stop it
         self.meta: dict[str, Any] = {"generation_id": self.id}
         self.provider = provider
         self.messages = messages
@@ -110,6 +112,7 @@ class Generation:
         self.on_end = on_end
         self.seen_chars: int | None = None
         self.settled = gevent.event.Event()  # the outcome is final and recorded
+        self.saved = True  # False when recording the end failed (on_end said so)
         self.outcome: Outcome | None = None
         self.usage: Usage | None = None
         self.created_at = time.monotonic()
@@ -195,6 +198,8 @@ class Generation:
         }
         if self.stop_at is not None and outcome.status in ("stopped", "interrupted"):
             summary["receipt"] = self.receipt()
+        if not self.saved:
+            summary["saved"] = False  # the client must not believe it was kept
         return summary
 
     def receipt(self) -> dict[str, Any]:
@@ -269,8 +274,9 @@ class Generation:
         self.ended_at = time.monotonic()
         try:
             if self.on_end is not None:
-                self.on_end(self)
+                self.saved = self.on_end(self)
         except Exception:
+            self.saved = False
             log.exception("recording the end of generation %s failed", self.id)
         finally:
             self.settled.set()
@@ -301,6 +307,8 @@ class Generation:
                     return
             raise ProviderDisconnected("the provider ended the stream before the answer was done")
         except ProviderError as exc:
+            if self.outcome is not None:
+                return  # our own stop cut the read: nothing failed
             reason = "timeout" if isinstance(exc, ProviderTimeout) else "upstream_error"
             log.warning("generation %s failed: %s (%s)", self.id, exc.type, exc)
             self._decide(Outcome("error", reason, {"type": exc.type, "message": str(exc)}))

@@ -5,7 +5,7 @@ workers of one gunicorn master (mode 0700, so only this user can stop anything).
 A stop for an id this worker does not hold is asked of every peer socket in turn.
 The protocol is one JSON line each way::
 
-    -> {"op": "stop", "id": "gen_...", "seen_chars": 120}
+    -> {"op": "stop", "id": "gen_...", "user_id": "...", "seen_chars": 120}
     <- {"found": true, "summary": {...}}   or   {"found": false}
 
 A socket that refuses connections belongs to a worker that died: it is removed.
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 ASK_TIMEOUT_S = 5.0  # a peer waits up to 3 s for the stop to be recorded
 _MAX_LINE = 4096
 
-StopLocal = Callable[[str, int | None], dict[str, Any] | None]
+StopLocal = Callable[[str, str, int | None], dict[str, Any] | None]
 
 
 def default_run_dir() -> str:
@@ -60,6 +60,9 @@ class Peers:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(path))
         listener.listen(128)
+        # StreamServer accepts until the socket would block: a blocking one (a process
+        # gevent has not patched) would hang the event loop in accept() forever.
+        listener.setblocking(False)
         self._server = StreamServer(listener, self._handle)
         self._server.start()
 
@@ -70,14 +73,17 @@ class Peers:
             self.own_path.unlink(missing_ok=True)
         self._server, self._pid = None, None
 
-    def stop_elsewhere(self, generation_id: str, seen_chars: int | None) -> dict[str, Any] | None:
+    def stop_elsewhere(
+        self, user_id: str, generation_id: str, seen_chars: int | None
+    ) -> dict[str, Any] | None:
         """Ask each sibling worker to stop the id; the first that holds it answers."""
+        request = {"op": "stop", "id": generation_id, "user_id": user_id, "seen_chars": seen_chars}
         if not self.run_dir.is_dir():
             return None
         for path in sorted(self.run_dir.glob("worker-*.sock")):
             if path == self.own_path:
                 continue
-            answer = _ask(path, {"op": "stop", "id": generation_id, "seen_chars": seen_chars})
+            answer = _ask(path, request)
             if answer and answer.get("found"):
                 return answer["summary"]
         return None
@@ -89,7 +95,7 @@ class Peers:
                 request = json.loads(reader.readline(_MAX_LINE))
                 seen_chars = request.get("seen_chars")
                 seen_chars = seen_chars if isinstance(seen_chars, int) else None
-                summary = self._stop_local(str(request["id"]), seen_chars)
+                summary = self._stop_local(str(request["user_id"]), str(request["id"]), seen_chars)
             reply = {"found": summary is not None, "summary": summary}
             conn.sendall(json.dumps(reply).encode() + b"\n")
         except (ValueError, KeyError, TypeError, OSError, gevent.Timeout) as exc:

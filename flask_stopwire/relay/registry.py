@@ -14,7 +14,8 @@ class Registry:
 
     def __init__(self, remember: int = REMEMBER):
         self._live: dict[str, Generation] = {}
-        self._ended: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # id -> (owner, final summary)
+        self._ended: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
         self._remember = remember
 
     def add(self, generation: Generation) -> None:
@@ -24,19 +25,24 @@ class Registry:
     def finish(self, generation: Generation) -> None:
         """Forget a live generation, keeping its final summary for late stops."""
         self._live.pop(generation.id, None)
-        self._ended[generation.id] = generation.summary()
+        self._ended[generation.id] = (generation.user_id, generation.summary())
         while len(self._ended) > self._remember:
             self._ended.popitem(last=False)
 
-    def stop(self, generation_id: str, seen_chars: int | None = None) -> dict[str, Any] | None:
+    def stop(
+        self, user_id: str, generation_id: str, seen_chars: int | None = None
+    ) -> dict[str, Any] | None:
         """A user's stop: wait until the provider is closed and the outcome recorded.
 
         Returns the summary that stands (a generation that already ended keeps its
-        own), or None when this worker never had that id.
+        own), or None when this worker never had that id for this user.
         """
         generation = self._live.get(generation_id)
         if generation is None:
-            return self._ended.get(generation_id)
+            owner, summary = self._ended.get(generation_id, ("", None))
+            return summary if owner == user_id else None
+        if generation.user_id != user_id:
+            return None  # someone else's answer is as good as unknown
         generation.stop("user_stop", seen_chars=seen_chars)
         generation.wait_settled(SETTLE_WAIT_S)
         return generation.summary()
@@ -49,6 +55,10 @@ class Registry:
         for generation in live:
             generation.wait_settled(SETTLE_WAIT_S)
         return len(live)
+
+    def live_ids(self) -> list[str]:
+        """The ids of the generations streaming now."""
+        return list(self._live)
 
     def live_count(self) -> int:
         """How many generations are streaming now."""

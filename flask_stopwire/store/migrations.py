@@ -50,6 +50,27 @@ MIGRATIONS = [
     """
     ALTER TABLE messages ADD COLUMN base_chars INTEGER NOT NULL DEFAULT 0
     """,
+    # 3: every conversation has an owner (an identity); conversations saved before
+    # identities existed belong to nobody and are seen by no one
+    """
+    ALTER TABLE conversations ADD COLUMN user_id TEXT NOT NULL DEFAULT '';
+    CREATE INDEX conversations_by_user ON conversations (user_id, updated_at DESC, id DESC)
+    """,
+    # 4: limits shared by every worker of a host: request counts per fixed window
+    # (Flask-Limiter's storage) and the generations each identity has running
+    """
+    CREATE TABLE rate_limits (
+        key TEXT PRIMARY KEY,
+        hits INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE running_generations (
+        generation_id TEXT PRIMARY KEY,
+        limit_key TEXT NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+    CREATE INDEX running_generations_by_key ON running_generations (limit_key)
+    """,
 ]
 
 

@@ -51,57 +51,98 @@ class SqliteStore:
 
     # -- conversations ----------------------------------------------------------------
 
+    # Every method that reads or changes a conversation takes the `user_id` that owns
+    # it: another user's conversation behaves exactly like one that does not exist.
+
     def list_conversations(
-        self, limit: int, before: tuple[str, str] | None = None
+        self, user_id: str, limit: int, before: tuple[str, str] | None = None
     ) -> list[dict[str, Any]]:
         """Newest first (by last activity); `before` is the (updated_at, id) of the last seen."""
-        return self._run(_list_conversations, limit, before)
+        return self._run(_list_conversations, user_id, limit, before)
 
-    def get_conversation(self, conversation_id: str) -> dict[str, Any] | None:
+    def get_conversation(self, user_id: str, conversation_id: str) -> dict[str, Any] | None:
         """The conversation with its messages (and their earlier versions), or None."""
-        return self._run(_get_conversation, conversation_id)
+        return self._run(_get_conversation, user_id, conversation_id)
 
-    def delete_conversation(self, conversation_id: str) -> bool:
+    def delete_conversation(self, user_id: str, conversation_id: str) -> bool:
         """Delete it and its messages; False if there was none."""
-        return self._run(_delete_conversation, conversation_id)
+        return self._run(_delete_conversation, user_id, conversation_id)
 
     # -- a generation's life ------------------------------------------------------------
 
-    def begin_turn(self, conversation_id: str | None, content: str, live: dict) -> dict:
-        """Save the user's message and an empty `streaming` answer, atomically.
+    def begin_turn(
+        self, user_id: str, conversation_id: str | None, content: str, live: dict
+    ) -> dict:
+        """Save the user's message and an empty `streaming` answer, atomically, and return
+        their ids with the conversation's messages as they now stand.
 
         Creates the conversation when `conversation_id` is None. Raises KeyError for
         an unknown conversation, Conflict when one of its answers is still streaming.
         """
-        return self._run(_begin_turn, conversation_id, content, live)
+        return self._run(_begin_turn, user_id, conversation_id, content, live)
 
-    def restart_answer(self, conversation_id: str, message_id: str, keep: bool, live: dict) -> dict:
+    def restart_answer(
+        self, user_id: str, conversation_id: str, message_id: str, keep: bool, live: dict
+    ) -> dict:
         """Mark an existing answer `streaming` again: `keep` its text (continue) or
         move it to the message's versions and start empty (regenerate).
 
         A continue's `live["base_chars"]` says how much of the kept text the new
         generation extends (default: all of it)."""
-        return self._run(_restart_answer, conversation_id, message_id, keep, live)
+        return self._run(_restart_answer, user_id, conversation_id, message_id, keep, live)
 
-    def heartbeat(self, owner: str, texts: Iterable[tuple[str, str]], stale_s: float) -> int:
-        """Flush partial texts, renew this owner's claim on its streaming answers, and
-        mark answers whose owner stopped beating `interrupted` (`worker_lost`).
+    def heartbeat(
+        self,
+        claims: Iterable[str],
+        texts: Iterable[tuple[str, str]],
+        stale_s: float,
+        slots: Iterable[str] = (),
+        sweep: bool = True,
+    ) -> int:
+        """Flush partial texts, renew the claim on the answers a worker still tracks
+        (`claims`, message ids) and on its running generations' slots (`slots`,
+        generation ids), and mark streaming answers nobody claimed for `stale_s`
+        `interrupted` (`worker_lost`).
 
-        Returns how many lost answers were marked."""
-        return self._run(_heartbeat, owner, list(texts), stale_s)
+        Returns how many lost answers were marked. With `sweep` False those answers
+        are only rewritten as they are, and counted: a write that shows the database
+        takes writes again, while their owners are given time to renew their claims."""
+        return self._run(_heartbeat, list(claims), list(texts), stale_s, list(slots), sweep)
 
     def finish_answer(self, message_id: str, fields: dict[str, Any]) -> None:
         """Store the final text, status, reason, usage and receipt in one transaction."""
         self._run(_finish_answer, message_id, fields)
 
-    def amend_stop(self, generation_id: str, seen_chars: int | None) -> dict[str, Any] | None:
+    def amend_stop(
+        self, user_id: str, generation_id: str, seen_chars: int | None
+    ) -> dict[str, Any] | None:
         """A user's stop that arrived after its disconnect was seen: record it as the
         user's, cut to what they saw. Returns the message's final state, or None."""
-        return self._run(_amend_stop, generation_id, seen_chars)
+        return self._run(_amend_stop, user_id, generation_id, seen_chars)
 
-    def message_by_generation(self, generation_id: str) -> dict[str, Any] | None:
-        """The answer a generation wrote, or None."""
-        return self._run(_message_by_generation, generation_id)
+    # -- limits shared by the workers ----------------------------------------------------
+
+    def hit(self, key: str, window_s: float, amount: int = 1) -> int:
+        """Count `amount` hits in `key`'s current window (a new one if it expired)."""
+        return self._run(_hit, key, window_s, amount)
+
+    def hits(self, key: str) -> tuple[int, float]:
+        """Hits in `key`'s current window and when it expires (0 and now if none)."""
+        return self._run(_hits, key)
+
+    def clear_hits(self, key: str) -> None:
+        """Forget `key`'s window."""
+        self._run(_clear_hits, key)
+
+    def claim_slot(self, limit_key: str, generation_id: str, cap: int, stale_s: float) -> bool:
+        """Take one of `limit_key`'s `cap` running-generation slots; False if all are taken.
+
+        Slots whose worker stopped renewing them for `stale_s` are freed first."""
+        return self._run(_claim_slot, limit_key, generation_id, cap, stale_s)
+
+    def release_slot(self, generation_id: str) -> None:
+        """Give a finished generation's slot back."""
+        self._run(_release_slot, generation_id)
 
     def close(self) -> None:
         """Close the connection on its own thread, then the thread."""
@@ -119,12 +160,27 @@ class SqliteStore:
         if self._pid != os.getpid():  # first use, or first use after a fork
             self._pid, self._db = os.getpid(), None
             self._pool = ThreadPool(1)
-        return self._pool.apply(self._with_db, (fn, *args))
+        outcome = self._pool.apply(self._with_db, (fn, *args))
+        if isinstance(outcome, _Raised):
+            # Raised here, in the caller's greenlet: an expected KeyError or Conflict
+            # raised on the DB thread would otherwise print gevent's traceback.
+            raise outcome.exception
+        return outcome
 
     def _with_db(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._db is None:
-            self._db = connect(self.path)
-        return fn(self._db, *args)
+        try:
+            if self._db is None:
+                self._db = connect(self.path)
+            return fn(self._db, *args)
+        except Exception as exc:
+            return _Raised(exc)
+
+
+class _Raised:
+    """An exception raised on the DB thread, carried back to the caller."""
+
+    def __init__(self, exception: Exception):
+        self.exception = exception
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -132,11 +188,17 @@ def connect(path: str) -> sqlite3.Connection:
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
-    db.execute("PRAGMA foreign_keys = ON")
-    migrate(db)
+    try:
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
+        db.execute("PRAGMA foreign_keys = ON")
+        migrate(db)
+    except BaseException:
+        # Closed now, not when a garbage collection gets to the traceback: a read-only
+        # or full disk fails every retry here, and each would keep the file open.
+        db.close()
+        raise
     return db
 
 
@@ -167,36 +229,30 @@ def _message(row: sqlite3.Row) -> dict[str, Any]:
     return message
 
 
-def _list_conversations(db, limit, before):
+def _list_conversations(db, user_id, limit, before):
     if before is None:
         rows = db.execute(
-            "SELECT id, title, created_at, updated_at FROM conversations "
+            "SELECT id, title, created_at, updated_at FROM conversations WHERE user_id = ? "
             "ORDER BY updated_at DESC, id DESC LIMIT ?",
-            (limit,),
+            (user_id, limit),
         )
     else:
         rows = db.execute(
-            "SELECT id, title, created_at, updated_at FROM conversations "
-            "WHERE (updated_at, id) < (?, ?) ORDER BY updated_at DESC, id DESC LIMIT ?",
-            (*before, limit),
+            "SELECT id, title, created_at, updated_at FROM conversations WHERE user_id = ? "
+            "AND (updated_at, id) < (?, ?) ORDER BY updated_at DESC, id DESC LIMIT ?",
+            (user_id, *before, limit),
         )
     return [dict(row) for row in rows]
 
 
-def _get_conversation(db, conversation_id):
+def _get_conversation(db, user_id, conversation_id):
     row = db.execute(
-        "SELECT id, title, created_at, updated_at FROM conversations WHERE id = ?",
-        (conversation_id,),
+        "SELECT id, title, created_at, updated_at FROM conversations WHERE id = ? AND user_id = ?",
+        (conversation_id, user_id),
     ).fetchone()
     if row is None:
         return None
-    messages = [
-        _message(r)
-        for r in db.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY seq",
-            (conversation_id,),
-        )
-    ]
+    messages = _messages(db, conversation_id)
     versions: dict[str, list] = {}
     for r in db.execute(
         "SELECT v.message_id, v.content, v.status, v.reason, v.usage, v.receipt, "
@@ -212,31 +268,53 @@ def _get_conversation(db, conversation_id):
     return {**dict(row), "messages": messages}
 
 
-def _delete_conversation(db, conversation_id):
+def _messages(db, conversation_id):
+    return [
+        _message(r)
+        for r in db.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY seq",
+            (conversation_id,),
+        )
+    ]
+
+
+def _delete_conversation(db, user_id, conversation_id):
     with _Transaction(db):
-        return db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
+        deleted = db.execute(
+            "DELETE FROM conversations WHERE id = ? AND user_id = ?", (conversation_id, user_id)
+        )
+        return deleted.rowcount > 0
 
 
-def _begin_turn(db, conversation_id, content, live):
+def _begin_turn(db, user_id, conversation_id, content, live):
     stamp = now_iso()
     with _Transaction(db):
         if conversation_id is None:
             conversation_id = new_id("conv")
             title = " ".join(content.split())[:TITLE_CHARS].rstrip() or "New chat"
             db.execute(
-                "INSERT INTO conversations (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (conversation_id, title, stamp, stamp),
+                "INSERT INTO conversations (id, user_id, title, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, user_id, title, stamp, stamp),
             )
         else:
-            _check_idle(db, conversation_id)
-        user_id = _insert_message(db, conversation_id, "user", content, "complete", stamp, {})
+            _check_idle(db, user_id, conversation_id)
+        question_id = _insert_message(db, conversation_id, "user", content, "complete", stamp, {})
         answer_id = _insert_message(db, conversation_id, "assistant", "", "streaming", stamp, live)
         db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (stamp, conversation_id))
-    return {"conversation_id": conversation_id, "user_id": user_id, "message_id": answer_id}
+        messages = _messages(db, conversation_id)
+    return {
+        "conversation_id": conversation_id,
+        "user_message_id": question_id,
+        "message_id": answer_id,
+        "messages": messages,
+    }
 
 
-def _check_idle(db, conversation_id):
-    exists = db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+def _check_idle(db, user_id, conversation_id):
+    exists = db.execute(
+        "SELECT 1 FROM conversations WHERE id = ? AND user_id = ?", (conversation_id, user_id)
+    ).fetchone()
     if exists is None:
         raise KeyError(conversation_id)
     busy = db.execute(
@@ -272,10 +350,10 @@ def _insert_message(db, conversation_id, role, content, status, stamp, live):
     return message_id
 
 
-def _restart_answer(db, conversation_id, message_id, keep, live):
+def _restart_answer(db, user_id, conversation_id, message_id, keep, live):
     stamp = now_iso()
     with _Transaction(db):
-        _check_idle(db, conversation_id)
+        _check_idle(db, user_id, conversation_id)
         row = db.execute(
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND conversation_id = ?",
             (message_id, conversation_id),
@@ -320,17 +398,28 @@ def _restart_answer(db, conversation_id, message_id, keep, live):
     return message
 
 
-def _heartbeat(db, owner, texts, stale_s):
+def _heartbeat(db, claims, texts, stale_s, slots, sweep):
     now = time.time()
     with _Transaction(db):
+        db.executemany(
+            "UPDATE running_generations SET heartbeat_at = ? WHERE generation_id = ?",
+            [(now, generation_id) for generation_id in slots],
+        )
         db.executemany(
             "UPDATE messages SET content = ?, updated_at = ? WHERE id = ? AND status = 'streaming'",
             [(text, now_iso(), message_id) for message_id, text in texts],
         )
-        db.execute(
-            "UPDATE messages SET heartbeat_at = ? WHERE owner = ? AND status = 'streaming'",
-            (now, owner),
+        db.executemany(
+            "UPDATE messages SET heartbeat_at = ? WHERE id = ? AND status = 'streaming'",
+            [(now, message_id) for message_id in claims],
         )
+        if not sweep:
+            # Unchanged, but written: a page that reaches the disk is the proof.
+            return db.execute(
+                "UPDATE messages SET status = status "
+                "WHERE status = 'streaming' AND heartbeat_at < ?",
+                (now - stale_s,),
+            ).rowcount
         return db.execute(
             "UPDATE messages SET status = 'interrupted', reason = 'worker_lost', updated_at = ? "
             "WHERE status = 'streaming' AND heartbeat_at < ?",
@@ -355,21 +444,68 @@ def _finish_answer(db, message_id, fields):
         )
 
 
-def _amend_stop(db, generation_id, seen_chars):
+def _amend_stop(db, user_id, generation_id, seen_chars):
+    owned = (
+        "conversation_id IN (SELECT id FROM conversations WHERE user_id = ?) AND generation_id = ?"
+    )
     with _Transaction(db):
         db.execute(
             "UPDATE messages SET reason = 'user_stop', "
             "content = CASE WHEN ? IS NULL THEN content "
             "ELSE substr(content, 1, base_chars + ?) END, "
             "receipt = json_set(receipt, '$.signal', 'user_stop'), updated_at = ? "
-            "WHERE generation_id = ? AND status = 'stopped' AND reason = 'client_disconnect'",
-            (seen_chars, seen_chars, now_iso(), generation_id),
+            f"WHERE {owned} AND status = 'stopped' AND reason = 'client_disconnect'",
+            (seen_chars, seen_chars, now_iso(), user_id, generation_id),
         )
-        return _message_by_generation(db, generation_id)
+        row = db.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {owned}", (user_id, generation_id)
+        ).fetchone()
+        return _message(row) if row else None
 
 
-def _message_by_generation(db, generation_id):
+def _hit(db, key, window_s, amount):
+    now = time.time()
+    with _Transaction(db):
+        db.execute(
+            "INSERT INTO rate_limits (key, hits, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET "
+            "hits = CASE WHEN expires_at <= ? THEN excluded.hits ELSE hits + excluded.hits END, "
+            "expires_at = CASE WHEN expires_at <= ? THEN excluded.expires_at ELSE expires_at END",
+            (key, amount, now + window_s, now, now),
+        )
+        return db.execute("SELECT hits FROM rate_limits WHERE key = ?", (key,)).fetchone()[0]
+
+
+def _hits(db, key):
+    now = time.time()
     row = db.execute(
-        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE generation_id = ?", (generation_id,)
+        "SELECT hits, expires_at FROM rate_limits WHERE key = ? AND expires_at > ?", (key, now)
     ).fetchone()
-    return _message(row) if row else None
+    return (row[0], row[1]) if row else (0, now)
+
+
+def _clear_hits(db, key):
+    with _Transaction(db):
+        db.execute("DELETE FROM rate_limits WHERE key = ?", (key,))
+
+
+def _claim_slot(db, limit_key, generation_id, cap, stale_s):
+    now = time.time()
+    with _Transaction(db):
+        db.execute("DELETE FROM running_generations WHERE heartbeat_at < ?", (now - stale_s,))
+        (running,) = db.execute(
+            "SELECT COUNT(*) FROM running_generations WHERE limit_key = ?", (limit_key,)
+        ).fetchone()
+        if running >= cap:
+            return False
+        db.execute(
+            "INSERT INTO running_generations (generation_id, limit_key, heartbeat_at) "
+            "VALUES (?, ?, ?)",
+            (generation_id, limit_key, now),
+        )
+        return True
+
+
+def _release_slot(db, generation_id):
+    with _Transaction(db):
+        db.execute("DELETE FROM running_generations WHERE generation_id = ?", (generation_id,))

@@ -8,16 +8,22 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from flask_stopwire import history
 from flask_stopwire.formats import sse
 from flask_stopwire.providers.base import Message
-from flask_stopwire.relay.generation import Generation, new_generation_id
+from flask_stopwire.relay.generation import Generation
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.store.sqlite import Conflict
 from flask_stopwire.web.errors import ApiError, register_json_errors
+from flask_stopwire.web.inputs import json_body, seen_chars, text
 
 api = Blueprint("stopwire_api", __name__)
 register_json_errors(api)
 
 ROLES = ("system", "user", "assistant")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@api.before_request
+def _identify() -> None:
+    get_stopwire().identity()  # 401/403 before anything else
 
 
 @api.post("/chat")
@@ -30,50 +36,56 @@ def chat() -> Response:
     """
     body = json_body(required=True)
     stopwire = get_stopwire()
+    user_id = stopwire.identity().user_id
     messages = _messages(body)
     if "messages" in body:
         if body.get("conversation_id") is not None:
             raise ApiError(400, 'send "conversation_id" with "content", not with "messages"')
-        return sse_response(stopwire.new_generation(messages))
-    if not isinstance(body.get("conversation_id", ""), str | None):
-        raise ApiError(400, '"conversation_id" must be a string')
-    generation_id = new_generation_id()
-    try:
-        turn = stopwire.store.begin_turn(
-            body.get("conversation_id"), messages[0].content, stopwire.live_fields(generation_id)
-        )
-    except KeyError:
-        raise ApiError(404, f"no conversation {body['conversation_id']!r}") from None
-    except Conflict as exc:
-        raise ApiError(409, str(exc)) from None
-    saved = stopwire.store.get_conversation(turn["conversation_id"])["messages"]
-    generation = stopwire.new_generation(history.provider_messages(saved), generation_id)
-    return sse_response(generation, turn["conversation_id"], turn["message_id"])
+        with stopwire.admitted() as generation_id:
+            return sse_response(stopwire.new_generation(messages, user_id, generation_id))
+    conversation_id = body.get("conversation_id")
+    if conversation_id is not None:
+        text(conversation_id, '"conversation_id"')
+    with stopwire.admitted() as generation_id:
+        try:
+            turn = stopwire.store.begin_turn(
+                user_id, conversation_id, messages[0].content, stopwire.live_fields(generation_id)
+            )
+        except KeyError:
+            raise ApiError(404, f"no conversation {conversation_id!r}") from None
+        except Conflict as exc:
+            raise ApiError(409, str(exc)) from None
+        history_messages = history.provider_messages(turn["messages"])
+        generation = stopwire.new_generation(history_messages, user_id, generation_id)
+        return sse_response(generation, turn["conversation_id"], turn["message_id"])
 
 
 @api.post("/generations/<generation_id>/stop")
 def stop(generation_id: str) -> dict[str, Any]:
-    """Stop a generation on whichever worker holds it; its final summary is the answer.
+    """Stop one of this user's generations on whichever worker holds it; its final
+    summary is the answer.
 
     A stop that arrives after the client's disconnect already stopped it (the page
     aborts its fetch and asks to stop at the same moment) is still recorded as the
     user's, with the text cut to `seen_chars`.
     """
-    body = json_body(required=False)
-    seen_chars = body.get("seen_chars")
-    if seen_chars is not None and (type(seen_chars) is not int or seen_chars < 0):
-        raise ApiError(400, "seen_chars must be a non-negative integer")
+    seen = seen_chars(json_body(required=False))
     stopwire = get_stopwire()
-    summary = stopwire.stop(generation_id, seen_chars)
+    user_id = stopwire.identity().user_id
+    summary = stopwire.stop(user_id, generation_id, seen)
     if summary is None or (summary["status"], summary["reason"]) == (
         "stopped",
         "client_disconnect",
     ):
-        message = stopwire.store.amend_stop(generation_id, seen_chars)
+        message = stopwire.store.amend_stop(user_id, generation_id, seen)
         if message is not None:
             summary = message_summary(message)
     if summary is None:
         raise ApiError(404, f"no generation {generation_id!r}")
+    if summary["status"] == "streaming":
+        # Saved as streaming, yet no worker we can reach holds it: its worker did not
+        # answer (or just died, and the sweep will mark it). Never a fake success.
+        raise ApiError(503, "the worker streaming this answer did not answer; retry", 1)
     return summary
 
 
@@ -115,20 +127,6 @@ def message_summary(message: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def json_body(required: bool) -> dict[str, Any]:
-    """The request's JSON object; an empty optional body reads as {}."""
-    # Per request, so a host app's own MAX_CONTENT_LENGTH stays its own.
-    request.max_content_length = get_stopwire().settings.max_body_bytes
-    if not required and not request.content_length and not request.data:
-        return {}
-    if not request.is_json:
-        raise ApiError(415, "send JSON with Content-Type: application/json")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
-
-
 def _routes_elsewhere(adapter: Any, method: str) -> bool:
     try:
         endpoint, _ = adapter.match(method=method)
@@ -142,9 +140,7 @@ def _messages(body: dict[str, Any]) -> list[Message]:
     if (content is None) == (messages is None):
         raise ApiError(400, 'send either "content" (a string) or "messages" (a list)')
     if messages is None:
-        if not isinstance(content, str) or not content.strip():
-            raise ApiError(400, '"content" must be a non-empty string')
-        return [Message("user", content)]
+        return [Message("user", text(content, '"content"'))]
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, '"messages" must be a non-empty list')
     parsed = [_message(i, m) for i, m in enumerate(messages)]
@@ -156,9 +152,7 @@ def _messages(body: dict[str, Any]) -> list[Message]:
 def _message(index: int, item: Any) -> Message:
     if not isinstance(item, dict):
         raise ApiError(400, f"messages[{index}] must be an object")
-    role, content = item.get("role"), item.get("content")
-    if role not in ROLES:
+    role = item.get("role")
+    if not isinstance(role, str) or role not in ROLES:
         raise ApiError(400, f"messages[{index}].role must be one of {', '.join(ROLES)}")
-    if not isinstance(content, str):
-        raise ApiError(400, f"messages[{index}].content must be a string")
-    return Message(role, content)
+    return Message(role, text(item.get("content"), f"messages[{index}].content", required=False))

@@ -7,11 +7,11 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from flask_stopwire import history
-from flask_stopwire.relay.generation import new_generation_id
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.store.sqlite import Conflict
-from flask_stopwire.web.api import json_body, sse_response
+from flask_stopwire.web.api import sse_response
 from flask_stopwire.web.errors import ApiError, register_json_errors
+from flask_stopwire.web.inputs import json_body
 
 conversations = Blueprint("stopwire_conversations", __name__)
 register_json_errors(conversations)
@@ -19,12 +19,21 @@ register_json_errors(conversations)
 MAX_PAGE = 100
 
 
+@conversations.before_request
+def _identify() -> None:
+    get_stopwire().identity()  # 401/403 before anything else
+
+
+def _user_id() -> str:
+    return get_stopwire().identity().user_id
+
+
 @conversations.get("/conversations")
 def list_conversations() -> dict[str, Any]:
     """Newest first; `limit` (1-100, default 20) and the `before` cursor from `next`."""
     limit = _limit(request.args.get("limit", "20"))
     before = _cursor(request.args["before"]) if "before" in request.args else None
-    page = get_stopwire().store.list_conversations(limit, before)
+    page = get_stopwire().store.list_conversations(_user_id(), limit, before)
     last = page[-1] if len(page) == limit else None
     return {"conversations": page, "next": _encode_cursor(last) if last else None}
 
@@ -41,8 +50,8 @@ def delete_conversation(conversation_id: str) -> tuple[str, int]:
     stopwire = get_stopwire()
     for message in _conversation(conversation_id)["messages"]:
         if message["status"] == "streaming":
-            stopwire.stop(message["generation_id"], None)
-    if not stopwire.store.delete_conversation(conversation_id):
+            stopwire.stop(_user_id(), message["generation_id"], None)
+    if not stopwire.store.delete_conversation(_user_id(), conversation_id):
         raise ApiError(404, f"no conversation {conversation_id!r}")
     return "", 204
 
@@ -71,27 +80,29 @@ def _restart(conversation_id: str, message_id: str, action: str) -> Response:
         messages, prefix = history.continue_messages(saved, index, stopwire.provider.prefill)
     else:
         messages, prefix = history.provider_messages(saved[:index]), ""
-    generation_id = new_generation_id()
-    live = {**stopwire.live_fields(generation_id), "base_chars": len(prefix)}
-    try:
-        stopwire.store.restart_answer(conversation_id, message_id, action == "continue", live)
-    except Conflict as exc:
-        raise ApiError(409, str(exc)) from None
-    except LookupError:
-        raise ApiError(404, f"no message {message_id!r} in this conversation") from None
-    generation = stopwire.new_generation(messages, generation_id)
-    return sse_response(generation, conversation_id, message_id, prefix)
+    with stopwire.admitted() as generation_id:
+        live = {**stopwire.live_fields(generation_id), "base_chars": len(prefix)}
+        try:
+            stopwire.store.restart_answer(
+                _user_id(), conversation_id, message_id, action == "continue", live
+            )
+        except Conflict as exc:
+            raise ApiError(409, str(exc)) from None
+        except LookupError:
+            raise ApiError(404, f"no message {message_id!r} in this conversation") from None
+        generation = stopwire.new_generation(messages, _user_id(), generation_id)
+        return sse_response(generation, conversation_id, message_id, prefix)
 
 
 def _conversation(conversation_id: str) -> dict[str, Any]:
-    found = get_stopwire().store.get_conversation(conversation_id)
+    found = get_stopwire().store.get_conversation(_user_id(), conversation_id)
     if found is None:
         raise ApiError(404, f"no conversation {conversation_id!r}")
     return found
 
 
 def _limit(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError(400, f"limit must be a whole number from 1 to {MAX_PAGE}")
     return int(raw)
 

@@ -11,8 +11,10 @@ from flask import Blueprint
 from greenlet import greenlet
 
 from flask_stopwire.state import get_stopwire
+from flask_stopwire.web.operator import require_operator
 
 debug = Blueprint("stopwire_debug", __name__)
+debug.before_request(require_operator)
 
 
 @debug.get("/debug/stats")

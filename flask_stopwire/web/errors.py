@@ -7,36 +7,63 @@ The handlers are the blueprint's own, so a host app's error pages stay untouched
 
 import logging
 
+import gevent
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
+DISCARD_LIMIT = 64 * 1024 * 1024
+DISCARD_TIMEOUT_S = 10.0
+
 _TYPES = {
     400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "unprocessable",
+    429: "rate_limited",
+    503: "unavailable",
 }
 
 
 class ApiError(Exception):
     """An error the client caused or should know about, with its HTTP status."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after  # seconds, for a 429 or 503
 
 
-def error_response(status: int, message: str) -> Response:
+def error_response(status: int, message: str, retry_after: int | None = None) -> Response:
     """The JSON error body with its status."""
     response = jsonify({"error": {"type": _TYPES.get(status, "error"), "message": message}})
     response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
+
+
+def discard_body() -> None:
+    """Read and drop a refused body (bounded), so the client can read our answer.
+
+    Closing a socket with unread bytes makes the kernel send RST, and clients then
+    report a connection reset instead of the 413 we sent.
+    """
+    stream = request.environ.get("wsgi.input")
+    left = DISCARD_LIMIT
+    with gevent.Timeout(DISCARD_TIMEOUT_S, False):
+        try:
+            while left > 0 and (chunk := stream.read(min(left, 65536))):
+                left -= len(chunk)
+        except Exception:  # broken framing or a client that left: nothing more to read
+            return
 
 
 def register_json_errors(blueprint: Blueprint) -> None:
@@ -44,11 +71,16 @@ def register_json_errors(blueprint: Blueprint) -> None:
 
     @blueprint.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.retry_after)
 
     @blueprint.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        response = error_response(exc.code or 500, exc.description or exc.name)
+        if exc.code == 413:
+            discard_body()
+        message = exc.description or exc.name
+        if exc.code == 429:
+            message = f"too many requests ({message}); see Retry-After"
+        response = error_response(exc.code or 500, message)
         for name, value in exc.get_headers():  # e.g. Allow on a 405
             if name.lower() != "content-type":
                 response.headers[name] = value

@@ -8,7 +8,6 @@ itself until the answer (or the first streamable event) is there, with the
 disconnect watcher running all the while.
 """
 
-import hmac
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +19,8 @@ from flask_stopwire.formats import openai as fmt
 from flask_stopwire.providers.base import Message, UnsupportedOption
 from flask_stopwire.relay.generation import RelayEvent
 from flask_stopwire.state import get_stopwire
+from flask_stopwire.web.errors import ApiError, discard_body
+from flask_stopwire.web.inputs import json_body
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def _openai_error(exc: OpenAIError) -> Response:
 
 @openai.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
+    if exc.code == 413:
+        discard_body()
     return _openai_error(OpenAIError(exc.code or 500, exc.description or exc.name))
 
 
@@ -70,17 +73,22 @@ def _unexpected(exc: Exception) -> Response:
     return _openai_error(OpenAIError(500, "internal error; see the server log"))
 
 
+@openai.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> Response:
+    code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(exc.status)
+    response = _openai_error(OpenAIError(exc.status, exc.message, code=code))
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 @openai.before_request
-def _authenticate() -> None:
-    keys = get_stopwire().settings.client_keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    valid = scheme.lower() == "bearer" and any(
-        hmac.compare_digest(token.encode(), key.encode()) for key in keys
-    )
-    if not valid:
+def _identify() -> None:
+    """With client keys set, /v1 takes keys only; otherwise whatever identifies /api."""
+    stopwire = get_stopwire()
+    if stopwire.settings.client_keys and not request.headers.get("Authorization"):
         raise OpenAIError(401, "invalid or missing API key", code="invalid_api_key")
+    stopwire.identity()
 
 
 @openai.get("/models")
@@ -109,7 +117,10 @@ def chat_completions() -> Response:
         stopwire.provider.build_call(messages, options)  # pure: refuse what it cannot honour
     except UnsupportedOption as exc:
         raise OpenAIError(400, str(exc), param=exc.param) from None
-    generation = stopwire.new_generation(messages, options=options)
+    with stopwire.admitted() as generation_id:
+        generation = stopwire.new_generation(
+            messages, stopwire.identity().user_id, generation_id, options
+        )
     client_sock = request.environ.get("gunicorn.sock") or request.environ.get("gunicorn.socket")
     events = stopwire.run(generation, client_sock)
     completion = fmt.Completion(generation.id, body["model"])
@@ -164,10 +175,7 @@ def _whole(completion: fmt.Completion, first: RelayEvent | None, events) -> Resp
 
 
 def _body() -> dict[str, Any]:
-    request.max_content_length = get_stopwire().settings.max_body_bytes
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise OpenAIError(400, "the body must be a JSON object (Content-Type: application/json)")
+    body = json_body(required=True)
     unknown = sorted(set(body) - ACCEPTED)
     if unknown:
         raise OpenAIError(400, f"unsupported parameter: {unknown[0]}", param=unknown[0])
@@ -175,6 +183,15 @@ def _body() -> dict[str, Any]:
         raise OpenAIError(400, "only n=1 is supported", param="n")
     if not isinstance(body.get("stream", False), bool):
         raise OpenAIError(400, "stream must be a boolean", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not (
+        isinstance(options, dict)
+        and set(options) <= {"include_usage"}
+        and isinstance(options.get("include_usage", False), bool)
+    ):
+        raise OpenAIError(
+            400, 'stream_options must be {"include_usage": boolean}', param="stream_options"
+        )
     return body
 
 
@@ -199,7 +216,8 @@ def _messages(raw: Any) -> list[Message]:
 
 def _message(index: int, item: Any) -> Message:
     param = f"messages[{index}]"
-    if not isinstance(item, dict) or item.get("role") not in ROLES:
+    role = item.get("role") if isinstance(item, dict) else None
+    if not isinstance(role, str) or role not in ROLES:
         raise OpenAIError(400, f"{param}.role must be one of {', '.join(ROLES)}", param=param)
     content = item.get("content")
     if isinstance(content, list):  # content parts: only text can be relayed

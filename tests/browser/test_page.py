@@ -320,7 +320,8 @@ def test_closing_the_tab_stops_the_provider(context, server, upstream):
 
     def saved():
         url = f"{server.url}/api/conversations/{conversation_id}"
-        message = requests.get(url, timeout=5).json()["messages"][-1]
+        # The browser's own identity cookie: the conversation is only its owner's.
+        message = context.request.get(url).json()["messages"][-1]
         return message if message["status"] != "streaming" else None
 
     message = wait_until(saved)

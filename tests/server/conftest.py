@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from wire import TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,6 +85,9 @@ class Server:
             "STOPWIRE_DATABASE": str(self.database),
             "PYTHONPATH": str(ROOT),
             "STOPWIRE_DEBUG_STATS": "1",
+            # Every test request carries this key (wire.AUTH); caps are tested on their own.
+            "STOPWIRE_CLIENT_KEYS": f"tester:{TEST_KEY}",
+            "STOPWIRE_MAX_ACTIVE_PER_USER": "0",
             **settings,
         }
         env.pop("STOPWIRE_RUN_DIR", None)

@@ -3,7 +3,12 @@ every request it was sent, so the relay can be tested against their protocols.""
 
 import json
 import threading
+from collections.abc import Callable
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# A queued answer: status, content type, and the body or what makes it from the headers.
+Answer = tuple[int, str, bytes | Callable[[Message], bytes]]
 
 
 def anthropic_stream(*texts: str, error: str = "") -> bytes:
@@ -78,12 +83,19 @@ def ollama_stream(*texts: str) -> bytes:
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
+def key_echo(headers: Message) -> bytes:
+    """A 401 body quoting the key the request carried, as some providers do."""
+    key = headers.get("x-api-key") or headers.get("Authorization", "").removeprefix("Bearer ")
+    error = {"type": "authentication_error", "message": f"invalid x-api-key: {key}"}
+    return json.dumps({"type": "error", "error": error}).encode()
+
+
 class Replay:
     """Answers each POST with the next queued body; `requests` keeps what was asked."""
 
     def __init__(self):
         self.requests: list[dict] = []
-        self.answers: list[tuple[str, bytes]] = []
+        self.answers: list[Answer] = []
         replay = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -94,8 +106,10 @@ class Replay:
                 replay.requests.append(
                     {"path": self.path, "headers": dict(self.headers), "body": body}
                 )
-                content_type, payload = replay.answers.pop(0)
-                self.send_response(200)
+                status, content_type, payload = replay.answers.pop(0)
+                if callable(payload):
+                    payload = payload(self.headers)
+                self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -109,7 +123,12 @@ class Replay:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def queue(self, content_type: str, payload: bytes) -> None:
-        self.answers.append((content_type, payload))
+        """Answer the next request 200 with this body."""
+        self.answers.append((200, content_type, payload))
+
+    def queue_key_echo(self) -> None:
+        """Answer the next request 401, quoting back the key it was sent."""
+        self.answers.append((401, "application/json", key_echo))
 
     def close(self) -> None:
         self.server.shutdown()

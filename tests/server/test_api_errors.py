@@ -2,6 +2,7 @@
 
 import pytest
 import requests
+from wire import AUTH
 
 
 def assert_json_error(response: requests.Response, status: int, error_type: str) -> str:
@@ -37,7 +38,7 @@ def test_malformed_chat_bodies_are_400(server, body, needle):
     response = requests.post(
         f"{server.url}/api/chat",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={**AUTH, "Content-Type": "application/json"},
         timeout=10,
     )
     assert needle in assert_json_error(response, 400, "invalid_request")
@@ -51,7 +52,7 @@ def test_cross_site_form_posts_are_415(server, content_type):
     response = requests.post(
         f"{server.url}/api/chat",
         data=b'{"content": "hi"}',
-        headers={"Content-Type": content_type},
+        headers={**AUTH, "Content-Type": content_type},
         timeout=10,
     )
     assert_json_error(response, 415, "unsupported_media_type")
@@ -62,39 +63,49 @@ def test_bodies_over_the_limit_are_413(server):
     response = requests.post(
         f"{server.url}/api/chat",
         data=big,
-        headers={"Content-Type": "application/json"},
+        headers={**AUTH, "Content-Type": "application/json"},
         timeout=10,
     )
     assert_json_error(response, 413, "request_too_large")
 
 
 def test_unknown_generation_is_404(server):
-    response = requests.post(f"{server.url}/api/generations/gen_nope/stop", timeout=10)
+    response = requests.post(
+        f"{server.url}/api/generations/gen_nope/stop", headers=AUTH, timeout=10
+    )
     assert "gen_nope" in assert_json_error(response, 404, "not_found")
 
 
 @pytest.mark.parametrize("seen_chars", [-1, "12", 1.5, True])
 def test_bad_seen_chars_is_400(server, seen_chars):
     response = requests.post(
-        f"{server.url}/api/generations/gen_nope/stop", json={"seen_chars": seen_chars}, timeout=10
+        f"{server.url}/api/generations/gen_nope/stop",
+        json={"seen_chars": seen_chars},
+        headers=AUTH,
+        timeout=10,
     )
     assert "seen_chars" in assert_json_error(response, 400, "invalid_request")
 
 
 def test_unknown_conversation_is_404(server):
     response = requests.post(
-        f"{server.url}/api/chat", json={"content": "hi", "conversation_id": "c_1"}, timeout=10
+        f"{server.url}/api/chat",
+        json={"content": "hi", "conversation_id": "c_1"},
+        headers=AUTH,
+        timeout=10,
     )
     assert "conversation" in assert_json_error(response, 404, "not_found")
 
 
 def test_unknown_api_paths_are_json_404(server):
     for method in ("GET", "POST", "DELETE"):
-        response = requests.request(method, f"{server.url}/api/nothing/here", timeout=10)
+        response = requests.request(
+            method, f"{server.url}/api/nothing/here", headers=AUTH, timeout=10
+        )
         assert_json_error(response, 404, "not_found")
 
 
 def test_wrong_method_is_json_405(server):
-    response = requests.get(f"{server.url}/api/chat", timeout=10)
+    response = requests.get(f"{server.url}/api/chat", headers=AUTH, timeout=10)
     assert_json_error(response, 405, "method_not_allowed")
     assert "POST" in response.headers["allow"]

@@ -10,7 +10,7 @@ import uuid
 
 import requests
 from conftest import Server
-from wire import Connection, open_stream, pinned
+from wire import AUTH, Connection, open_stream, pinned
 
 
 def streamed_text(events) -> str:
@@ -68,8 +68,11 @@ def test_kill_9_of_the_streaming_worker_leaves_nothing_streaming(upstream):
         events = conn.events(tokens=10)
         conn.meta = events[0].data
         seen = streamed_text(events)
-        time.sleep(1.5)  # at least one flush (every 1 s)
-        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while not saved_message(server.database, conn.meta["message_id"])["content"]:
+            assert time.monotonic() < deadline, "no partial text was ever flushed"
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)  # after at least one flush (every 1 s)
         seen += text_until_the_connection_dies(conn)
         killed_at = time.monotonic()
         assert upstream.ended(prompt)["ended"] == "client_closed"
@@ -84,7 +87,9 @@ def test_kill_9_of_the_streaming_worker_leaves_nothing_streaming(upstream):
         # At most about one flush interval (1 s = 50 tokens at 20 ms) was lost.
         assert len(seen.split()) - len(saved["content"].split()) <= 60
         detected = requests.get(
-            f"{server.url}/api/conversations/{conn.meta['conversation_id']}", timeout=10
+            f"{server.url}/api/conversations/{conn.meta['conversation_id']}",
+            headers=AUTH,
+            timeout=10,
         ).json()
         assert [m["status"] for m in detected["messages"]] == ["complete", "interrupted"]
     finally:

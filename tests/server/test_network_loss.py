@@ -10,9 +10,11 @@ import sys
 import textwrap
 import time
 import uuid
+from typing import NoReturn
 
 import pytest
 from conftest import Server, free_port
+from wire import TEST_KEY
 
 NS = f"swtest{os.getpid() % 100000}"
 HOST_IF, CLIENT_IF = f"swh{os.getpid() % 100000}", f"swc{os.getpid() % 100000}"
@@ -22,11 +24,12 @@ HEARTBEAT_S = 1.0
 CLIENT = textwrap.dedent(
     """
     import json, socket, sys, time
-    host, port, content = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    host, port, content, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     body = json.dumps({"content": content}).encode()
     sock = socket.create_connection((host, port), timeout=10)
     sock.sendall(b"POST /api/chat HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\n"
-                 b"Content-Length: %d\\r\\n\\r\\n%s" % (len(body), body))
+                 b"Authorization: Bearer %s\\r\\n"
+                 b"Content-Length: %d\\r\\n\\r\\n%s" % (key.encode(), len(body), body))
     seen = b""
     while seen.count(b"event: token") < 3:
         seen += sock.recv(65536)
@@ -40,11 +43,21 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
+def cannot_run(reason: str) -> NoReturn:
+    """Skip locally; fail under CI=true, which runs as root so that this test runs."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI must run this test)")
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def namespace():
     if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to build a network namespace")
-    sh("ip", "netns", "add", NS)
+        cannot_run("needs root and iproute2 (`ip`) to build a network namespace")
+    try:
+        sh("ip", "netns", "add", NS)
+    except subprocess.CalledProcessError as exc:
+        cannot_run(f"cannot create a network namespace: {exc.stderr.decode().strip()}")
     try:
         sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", CLIENT_IF)
         sh("ip", "link", "set", CLIENT_IF, "netns", NS)
@@ -79,6 +92,7 @@ def test_a_vanished_network_is_noticed_within_two_heartbeats(namespace, upstream
             HOST_IP,
             str(port),
             f"{prompt} [demo tokens=40 gap=0.01 silence=3:60]",
+            TEST_KEY,
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -8,7 +8,7 @@ import openai
 import pytest
 import requests
 from conftest import Server
-from wire import Connection, request_bytes
+from wire import AUTH, TEST_KEY, Connection, request_bytes
 
 MODEL = "stopwire-demo"
 
@@ -19,7 +19,7 @@ def marker() -> str:
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
 
 
 def ask(content: str) -> list[dict]:
@@ -58,16 +58,35 @@ def test_whole_completion(client):
     assert completion.usage.completion_tokens == 4
 
 
-def test_options_reach_the_provider(client, upstream):
+@pytest.mark.parametrize(
+    ("options", "received"),
+    [
+        (
+            {"temperature": 0.5, "top_p": 0.9, "max_tokens": 20, "stop": "END", "seed": 7},
+            {"temperature": 0.5, "top_p": 0.9, "max_tokens": 20, "stop": ["END"], "seed": 7},
+        ),
+        (
+            {"max_completion_tokens": 30, "stop": ["one", "two"], "temperature": 0, "user": "u-42"},
+            {"max_completion_tokens": 30, "stop": ["one", "two"], "temperature": 0, "user": "u-42"},
+        ),
+        ({}, {}),
+    ],
+    ids=["openai-names", "newer-names", "none"],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_options_reach_the_provider(client, upstream, options, received, stream):
     prompt = marker()
-    client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "system", "content": "be brief"}, *ask(f"{prompt} [demo tokens=1]")],
-        temperature=0.5,
-        max_tokens=20,
-        stop="END",
+    system = {"role": "system", "content": "be brief"}
+    question = {"role": "user", "content": f"{prompt} [demo tokens=1]"}
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[system, question], stream=stream, **options
     )
-    assert upstream.ended(prompt)["messages"][0] == {"role": "system", "content": "be brief"}
+    if stream:
+        list(answer)
+    record = upstream.ended(prompt)
+    assert record["ended"] == "complete"
+    assert record["messages"] == [system, question]
+    assert record["options"] == received
 
 
 def test_closing_the_stream_after_5_chunks_closes_the_provider(client, upstream):
@@ -120,7 +139,7 @@ def test_leaving_a_stream_before_the_first_token_closes_the_provider(server, ups
     prompt = marker()
     body = {"model": MODEL, "messages": ask(f"{prompt} [demo ttft=30]"), "stream": True}
     response = requests.post(
-        f"{server.url}/v1/chat/completions", json=body, stream=True, timeout=10
+        f"{server.url}/v1/chat/completions", json=body, stream=True, headers=AUTH, timeout=10
     )
     assert response.status_code == 200  # committed by the first heartbeat (0.3 s here)
     closed_at = time.monotonic()
@@ -133,7 +152,7 @@ def test_a_plain_requests_client_closing_mid_stream(server, upstream):
     prompt = marker()
     body = {"model": MODEL, "messages": ask(f"{prompt} [demo tokens=300 gap=0.02]"), "stream": True}
     response = requests.post(
-        f"{server.url}/v1/chat/completions", json=body, stream=True, timeout=10
+        f"{server.url}/v1/chat/completions", json=body, stream=True, headers=AUTH, timeout=10
     )
     chunks = 0
     for line in response.iter_lines():
@@ -197,11 +216,14 @@ def test_client_keys(upstream):
             bad = openai.OpenAI(base_url=base, api_key=wrong or "x", max_retries=0)
             with pytest.raises(openai.AuthenticationError):
                 bad.models.list()
-        anonymous = requests.get(f"{base}/models", timeout=10)
+        anonymous = requests.get(f"{base}/models", headers=AUTH, timeout=10)
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["code"] == "invalid_api_key"
-        # /api is the page's API and does not take client keys.
-        assert requests.get(f"{server.url}/api/conversations", timeout=10).status_code == 200
+        # /api takes the same keys; a caller with neither key nor the page's cookie is refused.
+        assert requests.get(f"{server.url}/api/conversations", timeout=10).status_code == 401
+        keyed = {"Authorization": f"Bearer {key}"}
+        listed = requests.get(f"{server.url}/api/conversations", headers=keyed, timeout=10)
+        assert listed.status_code == 200 and listed.json()["conversations"] == []
     finally:
         server.close()
     assert key not in server.output()

@@ -1,10 +1,12 @@
 """Every way a provider fails ends in an `error` event, then `done`, with the text kept."""
 
+import math
 import uuid
 
 import pytest
+import requests
 from conftest import Server, free_port
-from wire import open_stream
+from wire import AUTH, open_stream
 
 
 def finish(conn) -> tuple[list[str], dict, dict]:
@@ -48,19 +50,24 @@ def test_http_error_statuses(server, upstream, status, error_type):
 )
 def test_failures_mid_stream_keep_the_partial_text(server, upstream, fail, error_type, words):
     prompt = uuid.uuid4().hex
-    conn = open_stream(server.url, f"{prompt} [demo tokens=10 gap=0.005 fail={fail}:4]")
+    content = f"{prompt} [demo tokens=10 gap=0.005 fail={fail}:4]"
+    conn = open_stream(server.url, content)
     texts, error, done = finish(conn)
     assert len("".join(texts).split()) == 4
     assert error["type"] == error_type
     assert words in error["message"]
     assert (done["status"], done["reason"]) == ("error", "upstream_error")
+    record = upstream.ended(prompt)
+    assert record["ended"] == f"injected_{fail}"
+    assert record["messages"] == [{"role": "user", "content": content}]
+    # No usage came from the provider: estimated, the prompt at about 4 characters a token.
+    prompt_tokens = math.ceil(len(content) / 4)
     assert done["usage"] == {
-        "prompt_tokens": done["usage"]["prompt_tokens"],
+        "prompt_tokens": prompt_tokens,
         "completion_tokens": 4,
-        "total_tokens": done["usage"]["prompt_tokens"] + 4,
+        "total_tokens": prompt_tokens + 4,
         "estimated": True,
     }
-    assert upstream.ended(prompt)["ended"] == f"injected_{fail}"
 
 
 def test_refused_connection(upstream):
@@ -90,14 +97,34 @@ def test_idle_provider_times_out_and_its_connection_is_closed(upstream):
         server.close()
 
 
-def test_the_api_key_never_reaches_the_client_or_the_log(upstream):
-    key = "sk-stopwire-test-" + uuid.uuid4().hex
+@pytest.mark.parametrize("shape", ["sk-stopwire-test-", "stopwire"])  # key-like or any shape
+def test_the_api_key_echoed_by_the_provider_never_reaches_the_client_or_the_log(upstream, shape):
+    key = shape + uuid.uuid4().hex
     server = Server(upstream.url, STOPWIRE_API_KEY=key)
     try:
         conn = open_stream(server.url, "hello [demo status=401]")
-        events = conn.events()
-        assert all(key not in repr(e.data) for e in events)
-        assert events[-1].data["status"] == "error"
+        texts, error, done = finish(conn)
+        assert texts == []
+        assert error["type"] == "provider_auth"
+        # The provider quoted the key it was sent; the relay passed on its words without it.
+        assert error["message"].endswith("incorrect API key provided: [redacted]")
+        assert (done["status"], done["reason"]) == ("error", "upstream_error")
+        assert key not in repr(error) + repr(done)
+
+        body = {"model": "stopwire-demo", "messages": [{"role": "user", "content": "x"}]}
+        for stream in (False, True):
+            body["messages"][0]["content"] = f"{uuid.uuid4().hex} [demo status=401]"
+            answer = requests.post(
+                f"{server.url}/v1/chat/completions",
+                json={**body, "stream": stream},
+                headers=AUTH,
+                timeout=10,
+            )
+            assert answer.status_code == 502  # our key is wrong, not the caller's
+            assert "[redacted]" in answer.json()["error"]["message"]
+            assert key not in answer.text
     finally:
         server.close()
-    assert key not in server.output()
+    log = server.output()
+    assert log.count("incorrect API key provided: [redacted]") == 3  # each failure was logged
+    assert key not in log

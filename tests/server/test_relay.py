@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 import requests
-from wire import Connection, connection_to, open_stream, pinned
+from wire import AUTH, Connection, connection_to, open_stream, pinned
 
 SOON_S = 1.0  # "closed at once", generously
 
@@ -94,7 +94,9 @@ def test_user_stop_before_the_first_token(server, upstream):
     upstream.record(prompt)
     generation_id = conn.meta["generation_id"]
     stopped_at = time.monotonic()
-    answer = requests.post(f"{server.url}/api/generations/{generation_id}/stop", timeout=10)
+    answer = requests.post(
+        f"{server.url}/api/generations/{generation_id}/stop", headers=AUTH, timeout=10
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "stopped" and answer.json()["reason"] == "user_stop"
     events = [e for e in conn.events() if e.comment is None]
@@ -149,7 +151,7 @@ def test_stop_after_completion_reports_complete(server):
     assert conn.events()[-1].data["status"] == "complete"
     stop_url = f"{server.url}/api/generations/{conn.meta['generation_id']}/stop"
     for _ in range(3):  # whichever worker answers
-        answer = requests.post(stop_url, timeout=10)
+        answer = requests.post(stop_url, headers=AUTH, timeout=10)
         assert answer.status_code == 200
         assert answer.json()["status"] == "complete"
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 import requests
 from conftest import Server
-from wire import open_stream
+from wire import AUTH, open_stream
 
 STREAMS = 200
 
@@ -26,7 +26,7 @@ def settled_health(server: Server, live: int = 0, timeout: float = 10.0) -> dict
     """The worker's health once it holds exactly `live` generations."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        health = requests.get(f"{server.url}/api/debug/stats", timeout=5).json()
+        health = requests.get(f"{server.url}/api/debug/stats", headers=AUTH, timeout=5).json()
         if health["live_generations"] == live:
             return health
         time.sleep(0.05)

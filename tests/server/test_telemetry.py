@@ -8,7 +8,7 @@ import uuid
 import pytest
 import requests
 from conftest import Server
-from wire import open_stream
+from wire import AUTH, open_stream
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def observed(upstream):
 
 
 def scrape(server: Server) -> dict[str, float]:
-    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    text = requests.get(f"{server.url}/metrics", headers=AUTH, timeout=10).text
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -51,7 +51,9 @@ def test_metrics_count_every_outcome_across_two_workers(observed):
     silent.events(tokens=1)
     time.sleep(0.5)  # a silence long enough for heartbeats (every 0.2 s)
     requests.post(
-        f"{observed.url}/api/generations/{silent.meta['generation_id']}/stop", timeout=10
+        f"{observed.url}/api/generations/{silent.meta['generation_id']}/stop",
+        headers=AUTH,
+        timeout=10,
     ).raise_for_status()
     silent.events()
     gone = open_stream(observed.url, f"{secret} [demo tokens=300 gap=0.02]")

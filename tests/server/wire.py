@@ -9,6 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+# Every test request's identity: the client key tests/server/conftest.py configures (the
+# host app of test_mount.py takes the same header through its own identity hook).
+TEST_KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+
 
 @dataclass
 class Event:
@@ -40,7 +45,7 @@ class Connection:
 
     def get_json(self, path: str) -> Any:
         """GET `path` on this connection (it stays on its worker) and return the JSON."""
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{_auth()}\r\n".encode())
         self.read_head()
         return self.json()
 
@@ -131,8 +136,12 @@ def request_bytes(host: str, path: str, body: Any, content_type: str) -> bytes:
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
+        f"Content-Length: {len(payload)}\r\n{_auth()}\r\n"
     ).encode() + payload
+
+
+def _auth() -> str:
+    return "".join(f"{name}: {value}\r\n" for name, value in AUTH.items())
 
 
 def parse_frame(frame: str) -> Event:

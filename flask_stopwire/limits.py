@@ -1,0 +1,78 @@
+"""Cost limits per identity: a request rate (Flask-Limiter) and answers running at once.
+
+Both are shared by every worker of a host through the store, so two workers don't each
+allow the whole amount: Flask-Limiter counts in `StoreLimits`, a `limits` storage
+backed by our database (its thread, never the event loop), and running answers hold a
+slot in the store that their worker renews with its heartbeat. A slot whose worker
+died is freed once it goes stale.
+
+Limits count the identity's `limit_key`: a client that presented no identity is
+counted by its address, so dropping the cookie does not escape them.
+"""
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from flask import Blueprint
+from flask_limiter import Limiter
+from limits.storage import Storage
+
+from flask_stopwire.store.sqlite import SqliteStore
+
+
+class StoreLimits(Storage):
+    """Flask-Limiter's fixed-window counters in the Stopwire store (`stopwire://`)."""
+
+    STORAGE_SCHEME: ClassVar[list[str]] = ["stopwire"]
+
+    def __init__(
+        self, uri: str | None = None, wrap_exceptions: bool = False, **options: Any
+    ) -> None:
+        self.store: SqliteStore = options.pop("store")
+        super().__init__(uri, wrap_exceptions, **options)
+
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return sqlite3.Error
+
+    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        return self.store.hit(key, expiry, amount)
+
+    def get(self, key: str) -> int:
+        return self.store.hits(key)[0]
+
+    def get_expiry(self, key: str) -> float:
+        return self.store.hits(key)[1]
+
+    def check(self) -> bool:
+        return True
+
+    def reset(self) -> None:
+        return None
+
+    def clear(self, key: str) -> None:
+        self.store.clear_hits(key)
+
+
+def rate_limiter(
+    rate: str,
+    store: SqliteStore,
+    limit_key: Callable[[], str],
+    blueprints: list[Blueprint],
+    on_refused: Callable[[], None],
+) -> Limiter:
+    """A Flask-Limiter for Stopwire's own blueprints only (a host's routes stay its own)."""
+    limiter = Limiter(
+        key_func=limit_key,
+        storage_uri="stopwire://",
+        storage_options={"store": store},
+        headers_enabled=True,  # Retry-After on every 429
+        swallow_errors=True,  # a failing store lets requests through rather than 500
+        key_prefix="stopwire",
+        on_breach=lambda _limit: on_refused(),
+    )
+    shared = limiter.shared_limit(rate, scope="stopwire")  # one count across blueprints
+    for blueprint in blueprints:
+        shared(blueprint)
+    return limiter

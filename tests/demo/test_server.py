@@ -1,0 +1,91 @@
+"""The demo provider's records and error bodies, over a socket pair: no process, no port."""
+
+import json
+
+import gevent
+import pytest
+from gevent import socket
+
+from flask_stopwire.demo.script import Script
+from flask_stopwire.demo.server import DemoServer
+
+QUESTION = [{"role": "user", "content": "Hello"}]
+
+
+def complete(server: DemoServer, body: dict, headers: str = "") -> tuple[int, dict]:
+    """POST one chat completion to the demo's connection handler; its status and JSON body."""
+    ours, theirs = socket.socketpair()
+    handler = gevent.spawn(server.handle, theirs, None)
+    payload = json.dumps(body).encode()
+    ours.sendall(
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: demo\r\n{headers}"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    reader = ours.makefile("rb")
+    status = int(reader.readline().split()[1])
+    length = 0
+    while (line := reader.readline()) != b"\r\n":
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    answer = json.loads(reader.read(length))
+    reader.close()
+    ours.close()
+    handler.join(timeout=5)
+    assert handler.dead
+    return status, answer
+
+
+@pytest.fixture
+def demo() -> DemoServer:
+    return DemoServer(Script(ttft=0, gap=0, tokens=3))
+
+
+def test_a_record_keeps_every_option_it_was_sent(demo):
+    options = {
+        "temperature": 0,
+        "top_p": 0.5,
+        "max_tokens": 9,
+        "max_completion_tokens": 8,
+        "stop": ["END"],
+        "seed": 7,
+        "user": "u-42",
+        "logit_bias": {"50256": -100},  # anything else a client sends is recorded too
+    }
+    body = {
+        "model": "stopwire-demo",
+        "messages": QUESTION,
+        "stream": False,
+        "stream_options": {"include_usage": True},
+        **options,
+    }
+    status, answer = complete(demo, body)
+    assert status == 200 and answer["object"] == "chat.completion"
+    (record,) = demo.records
+    assert record.messages == QUESTION
+    assert record.options == options
+
+
+def test_a_record_without_options(demo):
+    complete(demo, {"model": "stopwire-demo", "messages": QUESTION})
+    assert demo.records[0].options == {}
+
+
+def test_a_401_quotes_back_the_key_it_was_sent(demo):
+    body = {"messages": [{"role": "user", "content": "Hi [demo status=401]"}]}
+    status, answer = complete(demo, body, "Authorization: Bearer sk-demo-secret-1\r\n")
+    assert status == 401
+    assert answer["error"]["message"] == (
+        "demo model injected HTTP 401: incorrect API key provided: sk-demo-secret-1"
+    )
+    assert complete(demo, body)[1]["error"]["message"] == (
+        "demo model injected HTTP 401: no API key provided"
+    )
+
+
+def test_other_error_statuses_quote_no_key(demo):
+    body = {"messages": [{"role": "user", "content": "Hi [demo status=429]"}]}
+    status, answer = complete(demo, body, "Authorization: Bearer sk-demo-secret-1\r\n")
+    assert status == 429
+    assert answer["error"]["message"] == "demo model injected HTTP 429"
