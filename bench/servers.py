@@ -56,7 +56,9 @@ class Demo(Process):
     """The demo provider; its records are the provider's own account of each stream."""
 
     def __init__(self):
-        super().__init__("demo", ["-m", "flask_stopwire.demo", "--port", "0"], pipe=True)
+        super().__init__(
+            "demo", ["-m", "flask_stopwire.demo", "--port", "0", "--record-text"], pipe=True
+        )
         self.url = self.process.stdout.readline().strip()  # the first line is its URL
         if not self.url.startswith("http://"):
             self.close()

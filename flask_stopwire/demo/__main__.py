@@ -19,12 +19,18 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=Script.gap)
     parser.add_argument("--tokens", type=int, default=Script.tokens)
     parser.add_argument(
+        "--record-text",
+        action="store_true",
+        help="keep each request's prompt and messages in /demo/streams (tests only)",
+    )
+    parser.add_argument(
         "--exit-with-parent",
         action="store_true",
         help="exit when the process that started this one is gone",
     )
     args = parser.parse_args()
-    server = serve(args.host, args.port, Script(ttft=args.ttft, gap=args.gap, tokens=args.tokens))
+    defaults = Script(ttft=args.ttft, gap=args.gap, tokens=args.tokens)
+    server = serve(args.host, args.port, defaults, args.record_text)
     host, port = server.address[:2]
     # The first line of stdout is the contract with whoever started us.
     sys.stdout.write(f"http://{host}:{port}/v1\n")

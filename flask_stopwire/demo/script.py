@@ -30,6 +30,8 @@ PROSE = (
 
 _DIRECTIVE = re.compile(r"\[demo\b([^\]]*)\]")
 FAIL_KINDS = ("drop", "malformed", "error")
+MAX_TOKENS = 10_000  # per answer, whatever a directive asks
+MAX_WAIT_S = 600.0  # any single wait (first token, gap, silence)
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,21 @@ def parse(message: str, defaults: Script) -> tuple[Script, str]:
     return script, (message[: match.start()] + message[match.end() :]).strip()
 
 
+def _bounded(value: float, most: float) -> float:
+    """`value` within 0..`most` (NaN counts as 0): a directive cannot make it run forever."""
+    return min(most, value) if value > 0 else 0.0
+
+
 def _apply(script: Script, key: str, value: str) -> Script:
     try:
         if key in ("ttft", "headers_delay", "gap"):
-            return replace(script, **{key: max(0.0, float(value))})
+            return replace(script, **{key: _bounded(float(value), MAX_WAIT_S)})
         if key == "tokens":
-            return replace(script, tokens=max(0, int(value)))
+            return replace(script, tokens=int(_bounded(int(value), MAX_TOKENS)))
         if key == "silence":
             after, seconds = value.split(":")
-            return replace(script, silence_after=int(after), silence=float(seconds))
+            silence = _bounded(float(seconds), MAX_WAIT_S)
+            return replace(script, silence_after=int(after), silence=silence)
         if key == "status":
             return replace(script, status=int(value))
         if key == "fail":

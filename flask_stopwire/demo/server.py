@@ -10,6 +10,7 @@ across processes of one host, so tests and benchmarks can measure stop latency.
 """
 
 import itertools
+from collections import deque
 import json
 import socket
 import time
@@ -23,6 +24,8 @@ from flask_stopwire.demo import script as scripts
 from flask_stopwire.relay.disconnect import peer_closed
 
 MAX_HEAD = 64 * 1024
+MAX_BODY = 4 * 1024 * 1024  # a bigger request is refused (413), never read into memory
+RECORDS_KEPT = 1000  # the newest streams' records; older ones are forgotten
 KEEPALIVE_S = 75.0
 # The parts of a completion request that are not sampling options, which it records.
 _NOT_OPTIONS = frozenset({"model", "messages", "stream", "stream_options"})
@@ -60,9 +63,12 @@ class Request:
 class DemoServer:
     """Serves chat completions at a scripted pace and records each client's departure."""
 
-    def __init__(self, defaults: scripts.Script):
+    def __init__(self, defaults: scripts.Script, record_text: bool = False):
         self.defaults = defaults
-        self.records: list[StreamRecord] = []
+        # Prompts and conversations are kept only when a test asks: this process must
+        # never become the way to read other people's messages.
+        self.record_text = record_text
+        self.records: deque[StreamRecord] = deque(maxlen=RECORDS_KEPT)
         self._ids = itertools.count(1)
 
     def handle(self, sock: socket.socket, _address) -> None:
@@ -104,7 +110,9 @@ class DemoServer:
             return True
         script, text = scripts.parse(str(user_text), self.defaults)
         options = {k: v for k, v in body.items() if k not in _NOT_OPTIONS}
-        record = StreamRecord(next(self._ids), text[:80], time.monotonic(), messages, options)
+        record = StreamRecord(next(self._ids), "", time.monotonic(), [], options)
+        if self.record_text:
+            record.prompt, record.messages = text[:80], messages
         self.records.append(record)
         try:
             answer = Answer(sock, script, record, body, _bearer(request.headers))
@@ -241,9 +249,12 @@ class Answer:
         self.record.ended, self.record.ended_at = how, time.monotonic()
 
 
-def serve(host: str, port: int, defaults: scripts.Script) -> StreamServer:
+def serve(
+    host: str, port: int, defaults: scripts.Script, record_text: bool = False
+) -> StreamServer:
     """Start the demo server (bound and listening) and return it."""
-    server = StreamServer((host, port), DemoServer(defaults).handle, backlog=2048)
+    demo = DemoServer(defaults, record_text)
+    server = StreamServer((host, port), demo.handle, backlog=2048)
     server.start()
     return server
 
@@ -257,8 +268,10 @@ def _read_request(reader) -> Request | None:
     while (line := reader.readline(MAX_HEAD)) not in (b"\r\n", b"\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
-    body = reader.read(int(headers.get("content-length", 0) or 0))
-    return Request(method, path, headers, body)
+    length = int(headers.get("content-length", 0) or 0)
+    if not 0 <= length <= MAX_BODY:
+        raise ValueError(f"request body of {length} bytes")  # the connection is closed
+    return Request(method, path, headers, reader.read(length))
 
 
 def _head(status: int, content_type: str, chunked: bool = False, length: int = 0) -> bytes:

@@ -1,6 +1,7 @@
 """Helpers for the browser tests: the servers of tests/server, and small waits."""
 
 import importlib.util
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +13,8 @@ HEARTBEAT_S = 1.0  # the server's keepalive interval in these tests
 def _server_helpers():
     """Upstream and Server from tests/server/conftest.py, loaded under a name of their own."""
     path = ROOT / "tests" / "server" / "conftest.py"
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # it imports its neighbour `wire`
     spec = importlib.util.spec_from_file_location("stopwire_server_helpers", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flask_stopwire.demo.script import PROSE, Script, parse, words
+from flask_stopwire.demo.script import MAX_TOKENS, MAX_WAIT_S, PROSE, Script, parse, words
 
 DEFAULTS = Script()
 
@@ -141,3 +141,20 @@ def test_words_echo_strips_the_first_token_only():
 def test_words_echo_of_nothing_says_the_prose():
     said = words(Script(echo=True), "")
     assert "".join(said) == " ".join(PROSE.split())
+
+
+@pytest.mark.parametrize(
+    ("directive", "field", "expected"),
+    [
+        ("tokens=99999999", "tokens", MAX_TOKENS),
+        ("tokens=-3", "tokens", 0),
+        ("gap=1e9", "gap", MAX_WAIT_S),
+        ("ttft=inf", "ttft", MAX_WAIT_S),
+        ("ttft=nan", "ttft", 0.0),
+        ("headers_delay=-1", "headers_delay", 0.0),
+        ("silence=2:1e12", "silence", MAX_WAIT_S),
+    ],
+)
+def test_directives_are_bounded(directive, field, expected):
+    script, _ = parse(f"Hi [demo {directive}]", DEFAULTS)
+    assert getattr(script, field) == expected

@@ -1,13 +1,14 @@
 """The demo provider's records and error bodies, over a socket pair: no process, no port."""
 
 import json
+from dataclasses import asdict
 
 import gevent
 import pytest
 from gevent import socket
 
 from flask_stopwire.demo.script import Script
-from flask_stopwire.demo.server import DemoServer
+from flask_stopwire.demo.server import MAX_BODY, RECORDS_KEPT, DemoServer
 
 QUESTION = [{"role": "user", "content": "Hello"}]
 
@@ -39,7 +40,7 @@ def complete(server: DemoServer, body: dict, headers: str = "") -> tuple[int, di
 
 @pytest.fixture
 def demo() -> DemoServer:
-    return DemoServer(Script(ttft=0, gap=0, tokens=3))
+    return DemoServer(Script(ttft=0, gap=0, tokens=3), record_text=True)
 
 
 def test_a_record_keeps_every_option_it_was_sent(demo):
@@ -89,3 +90,31 @@ def test_other_error_statuses_quote_no_key(demo):
     status, answer = complete(demo, body, "Authorization: Bearer sk-demo-secret-1\r\n")
     assert status == 429
     assert answer["error"]["message"] == "demo model injected HTTP 429"
+
+
+def test_without_the_test_switch_no_message_text_is_kept():
+    demo = DemoServer(Script(ttft=0, gap=0, tokens=3))
+    status, _ = complete(demo, {"model": "m", "messages": QUESTION, "temperature": 1})
+    assert status == 200
+    (record,) = demo.records
+    assert (record.prompt, record.messages, record.options) == ("", [], {"temperature": 1})
+    assert "Hello" not in json.dumps([asdict(r) for r in demo.records])
+
+
+def test_only_the_newest_records_are_kept(demo):
+    for _ in range(RECORDS_KEPT + 5):
+        complete(demo, {"model": "m", "messages": QUESTION})
+    assert len(demo.records) == RECORDS_KEPT
+    assert demo.records[0].id == 6  # the five oldest were forgotten
+
+
+def test_a_body_over_the_limit_is_never_read():
+    ours, theirs = socket.socketpair()
+    handler = gevent.spawn(DemoServer(Script()).handle, theirs, None)
+    ours.sendall(
+        f"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode()
+    )
+    handler.join(timeout=5)
+    assert handler.dead
+    assert ours.recv(100) == b""  # closed without an answer or a read of the body
+    ours.close()

@@ -21,7 +21,7 @@ class Upstream:
 
     def __init__(self, *args: str):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flask_stopwire.demo", "--port", "0", *args],
+            [sys.executable, "-m", "flask_stopwire.demo", "--port", "0", "--record-text", *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,

@@ -28,8 +28,9 @@ class Event:
 class Connection:
     """One keep-alive HTTP/1.1 connection that streams chunked SSE responses."""
 
-    def __init__(self, base_url: str, timeout: float = 15.0):
+    def __init__(self, base_url: str, timeout: float = 15.0, headers: dict[str, str] | None = None):
         parts = urlsplit(base_url)
+        self.identity = AUTH if headers is None else headers  # sent with every request
         self.host = f"{parts.hostname}:{parts.port}"
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
         self._raw = b""
@@ -40,12 +41,13 @@ class Connection:
 
     def post(self, path: str, body: Any, content_type: str = "application/json") -> None:
         """Send a POST and read the response head; the body is read by `next_event`."""
-        self.sock.sendall(request_bytes(self.host, path, body, content_type))
+        self.sock.sendall(request_bytes(self.host, path, body, content_type, self.identity))
         self.read_head()
 
     def get_json(self, path: str) -> Any:
         """GET `path` on this connection (it stays on its worker) and return the JSON."""
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{_auth()}\r\n".encode())
+        head = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{_lines(self.identity)}\r\n"
+        self.sock.sendall(head.encode())
         self.read_head()
         return self.json()
 
@@ -132,16 +134,18 @@ class Connection:
             self.finished = size == 0
 
 
-def request_bytes(host: str, path: str, body: Any, content_type: str) -> bytes:
+def request_bytes(
+    host: str, path: str, body: Any, content_type: str, headers: dict[str, str] | None = None
+) -> bytes:
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(payload)}\r\n{_auth()}\r\n"
+        f"Content-Length: {len(payload)}\r\n{_lines(AUTH if headers is None else headers)}\r\n"
     ).encode() + payload
 
 
-def _auth() -> str:
-    return "".join(f"{name}: {value}\r\n" for name, value in AUTH.items())
+def _lines(headers: dict[str, str]) -> str:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items())
 
 
 def parse_frame(frame: str) -> Event:
@@ -163,9 +167,11 @@ def parse_frame(frame: str) -> Event:
     return event
 
 
-def open_stream(base_url: str, content: str, path: str = "/api/chat") -> Connection:
-    """POST a chat and read up to its `meta` event."""
-    conn = Connection(base_url)
+def open_stream(
+    base_url: str, content: str, path: str = "/api/chat", headers: dict[str, str] | None = None
+) -> Connection:
+    """POST a chat (as the test key, or as `headers` say) and read up to its `meta` event."""
+    conn = Connection(base_url, headers=headers)
     conn.post(path, {"content": content})
     assert conn.status == 200, (conn.status, conn._raw[:300])
     meta = conn.next_event()
@@ -174,20 +180,22 @@ def open_stream(base_url: str, content: str, path: str = "/api/chat") -> Connect
     return conn
 
 
-def pinned(base_url: str) -> tuple[int, Connection]:
+def pinned(base_url: str, headers: dict[str, str] | None = None) -> tuple[int, Connection]:
     """A new keep-alive connection and the pid of the worker that holds it."""
-    conn = Connection(base_url)
+    conn = Connection(base_url, headers=headers)
     return conn.get_json("/api/debug/stats")["pid"], conn
 
 
-def connection_to(base_url: str, want, tries: int = 300) -> Connection:
+def connection_to(
+    base_url: str, want, tries: int = 300, headers: dict[str, str] | None = None
+) -> Connection:
     """A keep-alive connection held by a worker whose pid satisfies `want`.
 
     Which worker accepts is up to the kernel: idle gevent workers wake in LIFO order and
     accept in batches, so the same one tends to win until it is busy. Keep trying.
     """
     for _ in range(tries):
-        pid, conn = pinned(base_url)
+        pid, conn = pinned(base_url, headers)
         if want(pid):
             return conn
         conn.sock.close()
