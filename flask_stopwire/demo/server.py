@@ -10,10 +10,10 @@ across processes of one host, so tests and benchmarks can measure stop latency.
 """
 
 import itertools
-from collections import deque
 import json
 import socket
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import gevent
