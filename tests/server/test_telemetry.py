@@ -49,7 +49,8 @@ def test_metrics_count_every_outcome_across_two_workers(observed):
     open_stream(observed.url, f"{secret} [demo status=429]").events()
     silent = open_stream(observed.url, f"{secret} [demo tokens=3 gap=0 silence=1:30]")
     silent.events(tokens=1)
-    time.sleep(0.5)  # a silence long enough for heartbeats (every 0.2 s)
+    while silent.next_event().comment != "keepalive":  # the provider is silent: heartbeats
+        pass
     requests.post(
         f"{observed.url}/api/generations/{silent.meta['generation_id']}/stop",
         headers=AUTH,
@@ -107,3 +108,48 @@ def test_one_json_line_per_generation_without_content(observed):
     assert entry["stop_latency_ms"] is None
     assert secret not in observed.output()
     assert "A stop button" not in observed.output()  # the demo's answer text
+
+
+def test_expected_outcomes_log_no_traceback(observed, upstream):
+    """404s, 409s and a stop cutting the provider's read are normal: no traceback, no warning."""
+    base = f"{observed.url}/api/conversations"
+    assert requests.get(f"{base}/conv_unknown", headers=AUTH, timeout=10).status_code == 404
+    busy = open_stream(observed.url, f"{uuid.uuid4().hex} [demo tokens=300 gap=0.02]")
+    busy.events(tokens=1)
+    again = {"content": "again", "conversation_id": busy.meta["conversation_id"]}
+    conflict = requests.post(f"{observed.url}/api/chat", json=again, headers=AUTH, timeout=10)
+    assert conflict.status_code == 409
+    prompts = [uuid.uuid4().hex for _ in range(6)]
+    for prompt in prompts:  # client-disconnect stops, each cutting a live provider read
+        conn = open_stream(observed.url, f"{prompt} [demo tokens=300 gap=0.01]")
+        conn.events(tokens=2)
+        conn.close_rst()
+    for prompt in prompts:
+        assert upstream.ended(prompt)["ended"] == "client_closed"
+    busy.close_rst()
+    output = observed.output()
+    assert "Traceback" not in output
+    assert "provider_disconnected" not in output
+
+
+def test_limit_refusals_are_counted(upstream):
+    server = Server(
+        upstream.url, workers=2, STOPWIRE_MAX_ACTIVE_PER_USER="1", STOPWIRE_RATE_LIMIT="4/minute"
+    )
+    try:
+        first = open_stream(server.url, f"{uuid.uuid4().hex} [demo tokens=300 gap=0.02]")
+        refused = requests.post(
+            f"{server.url}/api/chat", json={"content": "second"}, headers=AUTH, timeout=10
+        )
+        assert refused.status_code == 429 and "Retry-After" in refused.headers
+        first.close_rst()
+        statuses = [
+            requests.get(f"{server.url}/api/conversations", headers=AUTH, timeout=10).status_code
+            for _ in range(3)
+        ]
+        assert statuses == [200, 200, 429]  # 4 per minute: the chat, the refusal, 2 lists
+        samples = scrape(server)
+        assert metric(samples, "stopwire_limit_refusals_total", limit="running") == 1
+        assert metric(samples, "stopwire_limit_refusals_total", limit="rate") == 1
+    finally:
+        server.close()
