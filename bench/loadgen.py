@@ -27,6 +27,7 @@ class Received:
     marker: str
     sent_at: float
     token_at: list[float] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # every frame's text, in order
     generation_id: str | None = None
     complete: bool = False
 
@@ -156,4 +157,5 @@ def _frame(received: Received, frame: bytes, at: float) -> None:
     else:
         choices = payload.get("choices") or [{}]
         text = (choices[0].get("delta") or {}).get("content") or ""
+    received.texts.append(text)
     received.token_at.extend([at] * len(text.split()))

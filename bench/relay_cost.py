@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench import loadgen, servers
 from bench.stop_latency import percentile
+from flask_stopwire.demo import script as demo_script
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
@@ -41,13 +42,15 @@ def messages_body(prompt: str) -> dict:
 
 
 def openai_body(prompt: str) -> dict:
-    """The demo provider read directly: no relay at all."""
+    """The demo provider read directly (no relay at all), or Stopwire's /v1 (nothing saved)."""
     return {"model": "stopwire-demo", "stream": True, "messages": messages_body(prompt)["messages"]}
 
 
-def stopwire_target(name: str, gunicorn: servers.Gunicorn, body: Callable[[str], dict]) -> Target:
-    """Stopwire's /api/chat, metered on its one worker."""
-    return Target(name, gunicorn.url, "/api/chat", body, only_child(gunicorn.process.pid))
+def stopwire_target(
+    name: str, gunicorn: servers.Gunicorn, body: Callable[[str], dict], path: str = "/api/chat"
+) -> Target:
+    """Stopwire's /api/chat (or `path`), metered on its one worker."""
+    return Target(name, gunicorn.url, path, body, only_child(gunicorn.process.pid))
 
 
 def baseline_target(gunicorn: servers.Gunicorn) -> Target:
@@ -95,6 +98,7 @@ class Load:
     seconds: float
     cpu_s: float | None
     incomplete: int
+    mismatched: int = 0  # streams whose text differs from the provider's, character for character
 
     def stats(self) -> dict:
         """Percentiles (nearest rank), token rate and CPU per token."""
@@ -113,6 +117,7 @@ class Load:
                 self.cpu_s / self.tokens * 1e6 if self.cpu_s is not None and self.tokens else None
             ),
             "incomplete": self.incomplete,
+            "mismatched": self.mismatched,
         }
 
 
@@ -139,7 +144,19 @@ def measure(
     first = min(g.sent_at for g in received)
     last = max((g.token_at[-1] for g in received if g.token_at), default=first)
     incomplete = sum(not g.complete or len(g.token_at) != tokens for g in received)
-    return Load(target.name, streams, gap_s, latencies, ttft, count, last - first, cpu, incomplete)
+    mismatched = sum("".join(g.texts) != provider_text(bodies[g.marker]) for g in received)
+    seconds = last - first
+    return Load(
+        target.name, streams, gap_s, latencies, ttft, count, seconds, cpu, incomplete, mismatched
+    )
+
+
+def provider_text(body: dict) -> str:
+    """What the demo provider says to this body's last user message, as one string."""
+    messages = body.get("messages") or [{"role": "user", "content": body.get("content", "")}]
+    prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    script, text = demo_script.parse(prompt, demo_script.Script())
+    return "".join(demo_script.words(script, text))
 
 
 def warm_up(target: Target) -> None:

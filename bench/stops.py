@@ -28,6 +28,7 @@ from bench.stop_latency import BATCH_POLL_S, POLL_S, Sample, System, new_marker,
 Pinned = HTTPConnection  # a keep-alive connection known to sit on one worker
 EXPLICIT = "[demo ttft=0.02 tokens=400 gap=0.02]"
 ABORT = "[demo ttft=0.02 tokens=1000 gap=0.5]"  # slow, so 1,000 streams cost the demo little
+PACED_ABORT = "[demo ttft=0.02 tokens=1000 gap=0.02]"  # issue #14: tokens flowing when they go
 SETTLE_S = 1.0  # after an abort, let the worker finish its bookkeeping before we count
 WARM_ABORT = 20
 ABORT_WARM_S = 2.0  # four token gaps: every stream has started and sent a token
@@ -177,7 +178,14 @@ def settled(url: str, timeout: float = 10.0) -> dict:
     return previous
 
 
-def mass_abort(system: System, demo: servers.Demo, streams: int, pid: int, stats: bool) -> Abort:
+def mass_abort(
+    system: System,
+    demo: servers.Demo,
+    streams: int,
+    pid: int,
+    stats: bool,
+    directive: str = ABORT,
+) -> Abort:
     """Open `streams` streams, read a token from each, close them all at once, then count.
 
     A small abort goes first: it empties the provider connection pool that earlier
@@ -189,7 +197,7 @@ def mass_abort(system: System, demo: servers.Demo, streams: int, pid: int, stats
     else:
         before = None
     rss_before = rss_bytes(pid)
-    closed, records, rss_open = abort_all(system, demo, streams, pid)
+    closed, records, rss_open = abort_all(system, demo, streams, pid, directive)
     samples = [sample_of(records[m], closed[m]) for m in closed]
     ends = [r["client_closed_at"] for r in records.values()]
     all_closed = None if None in ends else (max(ends) - min(closed.values())) * 1000
@@ -199,12 +207,16 @@ def mass_abort(system: System, demo: servers.Demo, streams: int, pid: int, stats
 
 
 def abort_all(
-    system: System, demo: servers.Demo, streams: int, pid: int | None = None
+    system: System,
+    demo: servers.Demo,
+    streams: int,
+    pid: int | None = None,
+    directive: str = ABORT,
 ) -> tuple[dict[str, float], dict[str, dict], int]:
     """Open, read a token from each, close all: close moments, provider records, open RSS."""
     demo.clear()
     markers = [f"bench-{uuid.uuid4().hex[:16]}" for _ in range(streams)]
-    opened = [system.open(f"{marker} {ABORT}") for marker in markers]
+    opened = [system.open(f"{marker} {directive}") for marker in markers]
     time.sleep(ABORT_WARM_S)  # every stream has started: reading them adds no waits
     late = 0
     for stream in opened:

@@ -14,7 +14,10 @@ c. mass abort of many streams on one worker: time until the provider saw the las
 d. relay cost at 1, 200, 1,000 streams: per-token latency and TTFT against no proxy
    and the baseline, token rate, CPU per token;
 e. memory per open stream (worker RSS growth / open streams, during c);
-f. store cost (issue #3): store on versus off at 200 streams.
+f. store cost (issue #3): store on versus off at 200 streams;
+g. a burst of new chats (issue #14): 200 chats started at once through the plain relay,
+   Stopwire's /v1 (no store) and /api/chat (store on), every stream's text checked;
+h. 200 streams at 20 ms/token aborted at once, and the issue #14 goals, met or missed.
 """
 
 import argparse
@@ -25,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import capacity, relay_cost, report, servers, stop_latency, stops, store_cost
+from bench import burst, capacity, relay_cost, report, servers, stop_latency, stops, store_cost
 from bench.client import CLOSES
 from bench.stop_latency import PACED, SILENT, Row, Scenario, System
 
@@ -57,7 +60,11 @@ load average above says how busy it was, and the tails move with it.
   TTFT = request sent to first token; "added" = minus no proxy at the same load; CPU per
   token = the worker's utime + stime over the run / tokens relayed (10 ms tick resolution).
 - **Store cost**: the same Stopwire worker, `{"content"}` (saved, flushed every 1 s) versus
-  `{"messages"}` (nothing saved), alternating rounds."""
+  `{"messages"}` (nothing saved), alternating rounds.
+- **Burst of new chats**: every request sent in one go (no stagger), alternating rounds over
+  the targets; "text differs" counts streams whose text is not the provider's, character for
+  character. Worker CPU is per round (one burst). Flame graphs of this scenario, before and
+  after issue #14, and what they showed: [token-path-profile.md](token-path-profile.md)."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +78,13 @@ class Config:
     store_rounds: int
     store_tokens: int
     capacity_steps: tuple[int, ...] = capacity.STEPS
+    burst_streams: int = burst.STREAMS
+    burst_rounds: int = 3
+    paced_abort_streams: int = 200
 
 
 FULL = Config(60, 1000, ((1, 200, 0.02), (200, 100, 0.02), (1000, 30, 0.2)), 200, 2, 100)
-QUICK = Config(5, 20, ((1, 30, 0.02), (20, 30, 0.02)), 20, 1, 40, (5, 10))
+QUICK = Config(5, 20, ((1, 30, 0.02), (20, 30, 0.02)), 20, 1, 40, (5, 10), 20, 1, 20)
 STAGGER_S = 0.005  # between connects of a load: a burst of 1,000 SYNs measures the backlog
 
 
@@ -148,6 +158,9 @@ def run(config: Config) -> dict:
         store_runs = store_cost.measure(
             demo, one, config.store_streams, config.store_rounds, config.store_tokens
         )
+        bursts = burst.measure(
+            demo, burst.targets(demo, one, base), config.burst_streams, config.burst_rounds
+        )
         for system in systems:
             stop_latency.warm_up(system, demo)
         rows = stop_section(systems, demo, config.trials)
@@ -155,6 +168,12 @@ def run(config: Config) -> dict:
         aborts = [
             stops.mass_abort(systems[0], demo, config.abort_streams, targets[2].pid, True),
             stops.mass_abort(systems[1], demo, config.abort_streams, targets[1].pid, False),
+        ]
+        paced = [
+            stops.mass_abort(
+                system, demo, config.paced_abort_streams, target.pid, False, stops.PACED_ABORT
+            )
+            for system, target in ((systems[0], targets[2]), (systems[1], targets[1]))
         ]
     finally:
         for process in reversed(started):
@@ -165,6 +184,8 @@ def run(config: Config) -> dict:
         "capacity": steps,
         "aborts": aborts,
         "store": store_runs,
+        "burst": burst.summary(bursts),
+        "paced_aborts": paced,
     }
 
 
@@ -196,8 +217,94 @@ def markdown(results: dict, header: list[str], config: Config) -> str:
         f"every {gap_s:.0f} ms, one worker, {config.store_rounds} alternating rounds per side",
         "",
         store_cost.table(store_cost.summary(results["store"])),
+        "",
+        f"## g. A burst of new chats: {config.burst_streams} chats started at once x "
+        f"{burst.TOKENS} tokens every {burst.GAP_S * 1000:.0f} ms, one worker each, "
+        f"{config.burst_rounds} alternating rounds",
+        "",
+        burst.table(results["burst"], config.burst_streams),
+        "",
+        f"## h. {config.paced_abort_streams} streams at 20 ms/token on one worker closed at once",
+        "",
+        report.abort_table(results["paced_aborts"]),
+        "",
+        "## Issue #14 goals (this run)",
+        "",
+        goals(results),
     ]
     return "\n".join(parts) + "\n"
+
+
+def goals(results: dict) -> str:
+    """Each goal of issue #14 with this run's numbers: met or missed."""
+    lines = []
+
+    def goal(text: str, met: bool) -> None:
+        lines.append(f"- {'met' if met else '**missed**'}: {text}")
+
+    b = results["burst"]
+    base, store = b["baseline"], b["Stopwire /api/chat (store on)"]
+    goal(
+        f"burst, TTFT p99 with the store ({store['ttft_p99_ms']:.0f} ms) <= the plain relay's "
+        f"({base['ttft_p99_ms']:.0f} ms)",
+        store["ttft_p99_ms"] <= base["ttft_p99_ms"],
+    )
+    goal(
+        f"burst, delay per token p99 with the store ({store['token_p99_ms']:.1f} ms) within "
+        f"5 ms of the plain relay's ({base['token_p99_ms']:.1f} ms)",
+        store["token_p99_ms"] <= base["token_p99_ms"] + 5,
+    )
+    goal(
+        f"burst, every stream's text is the provider's ({sum(s['mismatched'] for s in b.values())}"
+        " differ)",
+        all(s["mismatched"] == 0 and s["incomplete"] == 0 for s in b.values()),
+    )
+    loads = {(x.streams, x.target): x.stats() for x in results["loads"]}
+    widest = max(streams for streams, _ in loads)
+    ours, theirs = loads[(widest, "Stopwire")], loads[(widest, "baseline")]
+    goal(
+        f"CPU per relayed token ({widest} streams, store off: {ours['cpu_us_per_token']:.0f} µs) "
+        f"<= the plain relay's ({theirs['cpu_us_per_token']:.0f} µs)",
+        ours["cpu_us_per_token"] <= theirs["cpu_us_per_token"],
+    )
+    goal(
+        f"CPU per relayed token in the burst, store on ({store['cpu_us_per_token']:.0f} µs) "
+        f"<= the plain relay's ({base['cpu_us_per_token']:.0f} µs)",
+        store["cpu_us_per_token"] <= base["cpu_us_per_token"],
+    )
+    top = {name: capacity.best(results["capacity"], name) for name in ("Stopwire", "baseline")}
+    rate = {name: step.tokens_per_s if step else 0.0 for name, step in top.items()}
+    goal(
+        f"highest token rate within 20 ms added p99 ({rate['Stopwire']:.0f} tokens/s) >= the "
+        f"plain relay's ({rate['baseline']:.0f})",
+        rate["Stopwire"] >= rate["baseline"],
+    )
+    rss = {a.system: a.rss_per_stream_kib for a in results["aborts"]}
+    goal(
+        f"memory per open stream ({rss['Stopwire']:.1f} KiB) <= the plain relay's "
+        f"({rss['baseline']:.1f} KiB)",
+        rss["Stopwire"] <= rss["baseline"],
+    )
+    paced = next(a for a in results["paced_aborts"] if a.system == "Stopwire")
+    row = Row("abort", "fin", paced.system, paced.samples).stats()
+    goal(
+        f"{paced.streams} streams at 20 ms/token aborted at once: stop p99 "
+        f"({row['p99_ms']:.2f} ms) <= 10 ms",
+        row["p99_ms"] is not None and row["p99_ms"] <= 10,
+    )
+    goal(
+        f"... and zero provider tokens after any stop ({row['tokens_after_total']} sent after "
+        "the client's close, by the provider's clock)",
+        row["tokens_after_total"] == 0,
+    )
+    s = store_cost.summary(results["store"])
+    extra = (s["store on"]["cpu_us_per_token"] / s["store off"]["cpu_us_per_token"] - 1) * 100
+    goal(f"store on vs off: {extra:+.1f}% CPU per token (<= 10%)", extra <= 10)
+    rows = {(r.scenario, r.close, r.system): r.stats() for r in results["rows"]}
+    for scenario in ("20 ms/token", "provider silent 10 s", "before the first token (5 s to it)"):
+        worst = max(rows[(scenario, how, "Stopwire")]["p99_ms"] for how in CLOSES)
+        goal(f"stop latency p99, {scenario}: {worst:.2f} ms (<= 2 ms)", worst <= 2)
+    return "\n".join(lines)
 
 
 def to_json(results: dict, info: dict, load: dict, config: Config) -> dict:
@@ -227,6 +334,16 @@ def to_json(results: dict, info: dict, load: dict, config: Config) -> dict:
         "relay_cost": [load.stats() for load in results["loads"]],
         "capacity": [asdict(step) | {"within": step.within} for step in results["capacity"]],
         "store_cost": store_cost.summary(results["store"]),
+        "burst": results["burst"],
+        "paced_abort": [
+            {
+                "system": a.system,
+                "streams": a.streams,
+                "all_closed_ms": a.all_closed_ms,
+                **Row("abort", "fin", a.system, a.samples).stats(),
+            }
+            for a in results["paced_aborts"]
+        ],
     }
 
 

@@ -10,7 +10,6 @@ Limits count the identity's `limit_key`: a client that presented no identity is
 counted by its address, so dropping the cookie does not escape them.
 """
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -18,7 +17,7 @@ from flask import Blueprint
 from flask_limiter import Limiter
 from limits.storage import Storage
 
-from flask_stopwire.store.sqlite import SqliteStore
+from flask_stopwire.store.sql import SqlStore
 
 
 class StoreLimits(Storage):
@@ -29,12 +28,12 @@ class StoreLimits(Storage):
     def __init__(
         self, uri: str | None = None, wrap_exceptions: bool = False, **options: Any
     ) -> None:
-        self.store: SqliteStore = options.pop("store")
+        self.store: SqlStore = options.pop("store")
         super().__init__(uri, wrap_exceptions, **options)
 
     @property
     def base_exceptions(self) -> type[Exception]:
-        return sqlite3.Error
+        return Exception  # sqlite3's or psycopg's errors, whichever database is in use
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         return self.store.hit(key, expiry, amount)
@@ -57,7 +56,7 @@ class StoreLimits(Storage):
 
 def rate_limiter(
     rate: str,
-    store: SqliteStore,
+    store: SqlStore,
     limit_key: Callable[[], str],
     blueprints: list[Blueprint],
     on_refused: Callable[[], None],

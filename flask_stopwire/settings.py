@@ -6,11 +6,13 @@ in code must already have the right type. Either way a bad value stops the start
 a `SettingError` naming the setting.
 """
 
+import importlib.util
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from limits import parse_many
 
@@ -84,6 +86,28 @@ def _rate(name: str, value: Any) -> str:
     return value.strip()
 
 
+def _database(name: str, value: Any) -> str:
+    """A SQLite path, or a postgresql:// URL (which needs psycopg installed)."""
+    value = _text(name, value).strip()
+    scheme, sep, _ = value.partition("://")
+    if not sep:
+        return value
+    if scheme.lower() not in ("postgresql", "postgres"):
+        raise SettingError(
+            f"{name} must be a SQLite file path or a postgresql:// URL, got a {scheme}:// URL"
+        )
+    try:
+        urlsplit(value).port  # noqa: B018 (a bad port raises)
+    except ValueError as exc:
+        raise SettingError(f"{name} is not a valid postgresql:// URL: {exc}") from None
+    if importlib.util.find_spec("psycopg") is None:
+        raise SettingError(
+            f"{name} is a postgresql:// URL, which needs psycopg: "
+            "pip install 'Flask-Stopwire[postgres]'"
+        )
+    return value
+
+
 def _count(name: str, value: Any) -> int:
     """A whole number, 0 included (0 turns a cap off)."""
     if isinstance(value, str) and value.strip() == "0":
@@ -91,6 +115,13 @@ def _count(name: str, value: Any) -> int:
     if value == 0 and not isinstance(value, bool):
         return 0
     return _positive(int)(name, value)
+
+
+def _redis_url(name: str, value: Any) -> str:
+    value = _text(name, value).strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingError(f"{name} must be a redis://, rediss:// or unix:// URL, got {value!r}")
+    return value
 
 
 def _setting(default: Any, check: Check, doc: str) -> Any:
@@ -114,10 +145,13 @@ class Settings:
     client_keys: tuple[str, ...] = _setting((), _keys, "Bearer keys required on /v1")
     # One pooled connection per live stream.
     pool_size: int = _setting(1000, _positive(int), "pooled provider connections per worker")
-    database: str = _setting("", _text, "SQLite file; empty: the app's instance folder")
+    database: str = _setting(
+        "", _database, "SQLite file or postgresql:// URL; empty: SQLite in the instance folder"
+    )
     flush_s: float = _setting(1.0, _positive(float), "partial answers are saved this often")
     lost_after_s: float = _setting(5.0, _positive(float), "a worker silent this long is lost")
     run_dir: str = _setting("", _text, "where one host's workers keep their stop sockets")
+    redis_url: str = _setting("", _redis_url, "Redis carrying stops between hosts; empty: off")
     secret_key: str = _setting(
         "", _text, "signs browser identity cookies; empty: kept in instance/"
     )

@@ -20,6 +20,7 @@ from flask_stopwire.identity import Identity, IdentityHook, current_identity
 from flask_stopwire.providers import make_provider
 from flask_stopwire.providers.base import Message, Provider
 from flask_stopwire.providers.http import new_session
+from flask_stopwire.relay.bus import StopBus
 from flask_stopwire.relay.generation import (
     Generation,
     RelayEvent,
@@ -29,8 +30,8 @@ from flask_stopwire.relay.generation import (
 from flask_stopwire.relay.peers import Peers
 from flask_stopwire.relay.registry import Registry
 from flask_stopwire.settings import SettingError, Settings
+from flask_stopwire.store import open_store
 from flask_stopwire.store.recording import Recorder
-from flask_stopwire.store.sqlite import SqliteStore
 from flask_stopwire.telemetry import Metrics
 from flask_stopwire.web.errors import ApiError
 
@@ -70,7 +71,9 @@ class StopwireState:
             read_timeout_s=settings.read_timeout_s,
             api_key=settings.api_key,
         )
-        self.store = SqliteStore(
+        # SQLite in the instance folder unless STOPWIRE_DATABASE names a file or a
+        # postgresql:// server (flask_stopwire/store/__init__.py picks).
+        self.store = open_store(
             settings.database or os.path.join(instance_path, "stopwire.sqlite3")
         )
         self.registry = Registry()
@@ -78,6 +81,14 @@ class StopwireState:
             self.store, settings.flush_s, settings.lost_after_s, self.registry.live_ids
         )
         self.peers = Peers(settings.run_dir, self.registry.stop)
+        # Other hosts' stops, only with STOPWIRE_REDIS_URL (redis is imported on first use).
+        self.bus = (
+            StopBus(
+                settings.redis_url, self.registry.stop, self.registry.holds, self.registry.live_ids
+            )
+            if settings.redis_url
+            else None
+        )
         self.metrics = Metrics()
         self._session: requests.Session | None = None
         self._session_pid: int | None = None
@@ -90,8 +101,11 @@ class StopwireState:
         return current_identity(self.identity_hook, self.settings.client_keys)
 
     def start(self) -> None:
-        """Start this worker's heartbeat and stop socket (idempotent, per process)."""
+        """Start this worker's heartbeat, stop socket and stop-bus listener (idempotent,
+        per process)."""
         self.peers.serve()
+        if self.bus is not None:
+            self.bus.start()
         self.recorder.start()
 
     @contextmanager
@@ -110,7 +124,9 @@ class StopwireState:
         if not self.store.claim_slot(key, generation_id, cap, self.settings.lost_after_s):
             self.metrics.refused.labels("running").inc()
             raise ApiError(
-                429, f"at most {cap} answers may run at once; stop one first", retry_after=1
+                429,
+                f"too many answers running at once (the limit is {cap}); stop one first",
+                retry_after=1,
             )
         self._slots.add(generation_id)
         try:
@@ -127,7 +143,7 @@ class StopwireState:
         options: dict[str, Any] | None = None,
     ) -> Generation:
         """`user_id`'s generation, ready to run (nothing starts until its events are iterated)."""
-        return Generation(
+        generation = Generation(
             self.provider,
             messages,
             self._provider_session(),
@@ -137,6 +153,9 @@ class StopwireState:
             options,
             user_id,
         )
+        if self.bus is not None:
+            generation.before_call = self.bus.check  # a stop recorded before it started
+        return generation
 
     def live_fields(self, generation_id: str) -> dict[str, str]:
         """What a streaming answer records about who writes it."""
@@ -166,11 +185,16 @@ class StopwireState:
     def stop(
         self, user_id: str, generation_id: str, seen_chars: int | None
     ) -> dict[str, Any] | None:
-        """Stop `user_id`'s generation on this worker or a sibling; None when no worker
-        holds it for that user."""
+        """Stop `user_id`'s generation on this worker, a sibling or (with Redis) another
+        host; None when no worker holds it for that user.
+
+        StopBusDown when it may be on another host but Redis cannot be asked.
+        """
         summary = self.registry.stop(user_id, generation_id, seen_chars)
         if summary is None:
             summary = self.peers.stop_elsewhere(user_id, generation_id, seen_chars)
+        if summary is None and self.bus is not None:
+            summary = self.bus.stop_remote(user_id, generation_id, seen_chars)
         return summary
 
     def interrupt_all(self) -> int:
@@ -178,9 +202,12 @@ class StopwireState:
         return self.registry.interrupt_all()
 
     def close(self) -> None:
-        """Release the heartbeat, the stop socket, the DB thread and the provider session."""
+        """Release the heartbeat, the stop socket, the stop bus, the DB thread and the
+        provider session."""
         self.recorder.close()
         self.peers.close()
+        if self.bus is not None:
+            self.bus.close()
         self.store.close()
         if self._session is not None:
             self._session.close()

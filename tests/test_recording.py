@@ -1,7 +1,6 @@
-"""The Recorder: live answers flushed to a real SqliteStore, then finished."""
+"""The Recorder: live answers flushed to a real store, then finished (SQLite and PostgreSQL)."""
 
 import logging
-import sqlite3
 import time
 
 import pytest
@@ -11,7 +10,10 @@ from flask_stopwire.providers.base import Delta, Message, Usage
 from flask_stopwire.providers.openai import OpenAIProvider
 from flask_stopwire.relay.generation import Generation, Outcome, RelaySettings
 from flask_stopwire.store.recording import LiveAnswer, Recorder
-from flask_stopwire.store.sqlite import SqliteStore
+from flask_stopwire.store.sql import SqlStore
+from tests.store.databases import Database, db, postgres_url
+
+__all__ = ["db", "postgres_url"]  # fixtures
 
 PROMPT = "What does Stop stop?"
 USER = "user:alice"
@@ -43,13 +45,8 @@ def complete(generation: Generation) -> None:
 
 
 @pytest.fixture
-def db_path(tmp_path):
-    return str(tmp_path / "stopwire.sqlite3")
-
-
-@pytest.fixture
-def st(db_path):
-    return SqliteStore(db_path)
+def st(db: Database) -> SqlStore:
+    return db.store()
 
 
 @pytest.fixture
@@ -59,28 +56,26 @@ def recorder(st):
     return recorder
 
 
-def begin(st: SqliteStore, n: int = 1, owner: str = "worker_test") -> dict:
+def begin(st: SqlStore, n: int = 1, owner: str = "worker_test") -> dict:
     return st.begin_turn(
         USER, None, f"Question {n}", {"generation_id": f"gen_{n}", "owner": owner, "model": "demo"}
     )
 
 
-def answer(st: SqliteStore, ids: dict) -> dict:
+def answer(st: SqlStore, ids: dict) -> dict:
     messages = st.get_conversation(USER, ids["conversation_id"])["messages"]
     return next(m for m in messages if m["id"] == ids["message_id"])
 
 
-def tamper(st: SqliteStore, ids: dict, text: str) -> None:
+def tamper(st: SqlStore, ids: dict, text: str) -> None:
     """Overwrite the saved text behind the recorder's back, to see whether it writes again."""
     st.heartbeat([], [(ids["message_id"], text)], 60)
 
 
-def age(path: str, message_id: str, seconds: float) -> None:
-    db = sqlite3.connect(path, isolation_level=None)
+def age(db: Database, message_id: str, seconds: float) -> None:
     db.execute(
         "UPDATE messages SET heartbeat_at = ? WHERE id = ?", (time.time() - seconds, message_id)
     )
-    db.close()
 
 
 # -- beat ------------------------------------------------------------------------------
@@ -154,21 +149,21 @@ def test_beat_flushes_everything_received_even_past_a_seen_chars(st, recorder):
     assert answer(st, ids)["content"] == "Hello, world"
 
 
-def test_beat_renews_the_recorders_claim(st, recorder, db_path):
+def test_beat_renews_the_recorders_claim(st, recorder, db):
     ids = begin(st, owner="worker_test")
     recorder.track(new_generation(), ids["message_id"])
-    age(db_path, ids["message_id"], 120)
+    age(db, ids["message_id"], 120)
     assert recorder.beat() == 0
     assert answer(st, ids)["status"] == "streaming"
     # renewed: another worker's sweep now finds it fresh
     assert st.heartbeat([], [], 60) == 0
 
 
-def test_beat_marks_lost_answers(st, recorder, db_path, caplog):
+def test_beat_marks_lost_answers(st, recorder, db, caplog):
     mine = begin(st, 1, owner="worker_test")
     lost = begin(st, 2, owner="worker_dead")
     recorder.track(new_generation("gen_1"), mine["message_id"])
-    age(db_path, lost["message_id"], 120)
+    age(db, lost["message_id"], 120)
     with caplog.at_level(logging.WARNING, logger="flask_stopwire.store.recording"):
         assert recorder.beat() == 1
     saved = answer(st, lost)
@@ -188,7 +183,7 @@ def test_beat_with_nothing_to_do(recorder, caplog):
 # -- finish ----------------------------------------------------------------------------
 
 
-def test_finish_writes_the_final_state(st, recorder, db_path):
+def test_finish_writes_the_final_state(st, recorder, db):
     ids = begin(st)
     generation = new_generation()
     recorder.track(generation, ids["message_id"])
@@ -203,10 +198,8 @@ def test_finish_writes_the_final_state(st, recorder, db_path):
         "usage": USAGE,
         "receipt": None,
     }
-    db = sqlite3.connect(db_path)
-    assert db.execute(
-        "SELECT owner FROM messages WHERE id = ?", (ids["message_id"],)
-    ).fetchone() == (None,)
+    rows = db.execute("SELECT owner FROM messages WHERE id = ?", (ids["message_id"],))
+    assert [tuple(row) for row in rows] == [(None,)]
 
 
 def test_finish_keeps_what_the_user_saw(st, recorder):
@@ -341,10 +334,10 @@ def test_start_picks_an_owner_once(st):
     assert recorder.owner == owner
 
 
-def test_a_row_this_worker_wrote_but_never_tracked_is_swept(st, recorder, db_path):
+def test_a_row_this_worker_wrote_but_never_tracked_is_swept(st, recorder, db):
     """The wedge: a turn saved, then its response never iterated (a host hook failed)."""
     ids = begin(st, owner="worker_test")  # written by this worker, never tracked
-    age(db_path, ids["message_id"], 120)
+    age(db, ids["message_id"], 120)
     assert recorder.beat() == 1
     assert (answer(st, ids)["status"], answer(st, ids)["reason"]) == (
         "interrupted",
@@ -354,11 +347,9 @@ def test_a_row_this_worker_wrote_but_never_tracked_is_swept(st, recorder, db_pat
     st.begin_turn(USER, ids["conversation_id"], "Again", {"generation_id": "gen_9"})
 
 
-def test_beat_renews_the_slots_of_running_generations(st, db_path):
+def test_beat_renews_the_slots_of_running_generations(st, db):
     recorder = Recorder(st, flush_s=3600, lost_after_s=60, running=lambda: ["gen_live"])
     assert st.claim_slot("key:x", "gen_live", 1, 60)
-    db = sqlite3.connect(db_path, isolation_level=None)
     db.execute("UPDATE running_generations SET heartbeat_at = heartbeat_at - 120")
-    db.close()
     recorder.beat()
     assert not st.claim_slot("key:x", "gen_other", 1, 60)  # still held: renewed

@@ -122,3 +122,31 @@ def test_every_setting_is_in_the_readme_table():
     readme = (ROOT / "README.md").read_text()
     rows = set(re.findall(r"^\| `(STOPWIRE_[A-Z_]+)` \|", readme, flags=re.M))
     assert {name for name, _, _ in documented()} <= rows
+
+
+def test_the_redis_url_is_off_by_default_and_must_name_redis():
+    assert Settings().redis_url == ""
+    assert load(environ={"STOPWIRE_REDIS_URL": " redis://10.0.0.5:6379/2 "}).redis_url == (
+        "redis://10.0.0.5:6379/2"
+    )
+    with pytest.raises(SettingError, match="STOPWIRE_REDIS_URL must be a redis://"):
+        load(environ={"STOPWIRE_REDIS_URL": "10.0.0.5:6379"})
+
+
+def test_the_database_is_a_sqlite_path_or_a_postgresql_url(monkeypatch):
+    assert load(environ={"STOPWIRE_DATABASE": "/var/lib/chat.sqlite3"}).database == (
+        "/var/lib/chat.sqlite3"
+    )
+    url = "postgresql://stopwire:secret@db.internal:5432/stopwire"
+    assert load(environ={"STOPWIRE_DATABASE": f" {url} "}).database == url
+    assert load(environ={"STOPWIRE_DATABASE": "postgres://db/x"}).database == "postgres://db/x"
+    with pytest.raises(SettingError, match="SQLite file path or a postgresql:// URL, got a mysql"):
+        load(environ={"STOPWIRE_DATABASE": "mysql://db/x"})
+    with pytest.raises(SettingError, match="not a valid postgresql:// URL") as refused:
+        load(environ={"STOPWIRE_DATABASE": "postgresql://u:secret@db:port/x"})
+    assert "secret" not in str(refused.value)  # a password never lands in a log
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(
+        SettingError, match=r"needs psycopg: pip install 'Flask-Stopwire\[postgres\]'"
+    ):
+        load(environ={"STOPWIRE_DATABASE": url})

@@ -1,8 +1,10 @@
 """SSE frames as exact bytes, and reading events out of provider bodies."""
 
+import random
+
 from sseclient import SSEClient
 
-from flask_stopwire.formats.sse import KEEPALIVE, events, frame
+from flask_stopwire.formats.sse import KEEPALIVE, event_data, events, frame, token_frame
 
 
 def test_frame_without_id():
@@ -112,3 +114,53 @@ def test_events_stop_reading_when_the_consumer_stops():
 
 def test_a_lone_surrogate_from_a_provider_cannot_break_a_frame():
     assert frame("token", {"text": "a\ud83db"}) == b'event: token\ndata: {"text":"a?b"}\n\n'
+
+
+# -- event_data: the data of each event, what the OpenAI-compatible parser reads ---------
+
+
+def _data(*chunks: bytes) -> list[str]:
+    return list(event_data(iter(chunks)))
+
+
+def test_event_data_is_what_events_gives_as_data():
+    assert _data(STREAM) == [data for _, data in EXPECTED]
+
+
+def test_event_data_split_at_every_byte_boundary_and_line_ending():
+    for ending in (b"\n", b"\r\n"):
+        stream = STREAM.replace(b"\n", ending)
+        for cut in range(len(stream) + 1):
+            assert _data(stream[:cut], stream[cut:]) == [d for _, d in EXPECTED], (ending, cut)
+
+
+def test_event_data_agrees_with_sseclient_however_the_body_is_split():
+    stream = (
+        STREAM + b"data\n\ndata:x\ndata:  y\n\nid: 3\nretry: 5\ndatax: no\n\n\n\n"
+        b"data: a\xffb\n\nevent: only\n\ndata: last\n\ndata: cut"
+    )
+    rng = random.Random(14)
+    for variant in (stream, stream.replace(b"\n", b"\r"), stream.replace(b"\n", b"\r\n")):
+        for _ in range(300):
+            cuts = sorted(rng.sample(range(len(variant) + 1), rng.randint(0, 6)))
+            ends = [*cuts, len(variant)]
+            pieces = [variant[a:b] for a, b in zip([0, *cuts], ends, strict=True)]
+            assert _data(*pieces) == [event.data for event in events(iter(pieces))], pieces
+
+
+def test_event_data_drops_an_unterminated_last_event():
+    assert _data(b"data: one\n\ndata: tw") == ["one"]
+    assert _data(b"data: one\n\ndata: two\r\n\r") == ["one"]
+    assert _data(b"data: one\n\ndata: two\r\n\r", b"\n") == ["one", "two"]
+    assert _data(b"data: one\n\n", "data: ü".encode()[:-1]) == ["one"]
+
+
+def test_event_data_replaces_invalid_utf8_and_keeps_a_character_split_across_chunks():
+    assert _data(b"data: a\xffb\n\n") == ["a\ufffdb"]
+    encoded = "data: ü ✓\n\n".encode()
+    assert _data(encoded[:7], encoded[7:]) == ["ü ✓"]
+
+
+def test_token_frame_is_the_token_event_frame():
+    for text in ("Hello", 'a "quoted"\nline', "café ☕", "a\ud83db"):
+        assert token_frame(text, 9) == frame("token", {"text": text}, 9)

@@ -1,18 +1,27 @@
-"""SqliteStore and its migrations, on real SQLite files."""
+"""The store and its migrations, on a real SQLite file and a real PostgreSQL database.
+
+Every test taking `st` (or `db`) runs on both; those taking `db_path` are SQLite's own.
+"""
 
 import contextlib
+import functools
 import json
 import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import gevent
 import pytest
 
 from flask_stopwire.store import migrations
-from flask_stopwire.store import sqlite as store
-from flask_stopwire.store.sqlite import SqliteStore, connect
+from flask_stopwire.store import sql as store
+from flask_stopwire.store.sql import SqlStore
+from flask_stopwire.store.sqlite import BUSY_TIMEOUT_MS, SqliteStore, connect
+from tests.store.databases import Database, db, empty_postgres_url, postgres_url
+
+__all__ = ["db", "empty_postgres_url", "postgres_url"]  # fixtures
 
 
 @pytest.fixture
@@ -21,15 +30,15 @@ def db_path(tmp_path):
 
 
 @pytest.fixture
-def st(db_path):
-    return SqliteStore(db_path)
+def st(db: Database) -> SqlStore:
+    return db.store()
 
 
 USER = "user:alice"
 OTHER = "user:bob"
 
 
-def by_generation(st: SqliteStore, generation_id: str) -> dict | None:
+def by_generation(st: SqlStore, generation_id: str) -> dict | None:
     """USER's saved answer written by `generation_id`, as amend_stop returns it."""
     for conversation in st.list_conversations(USER, 100):
         for found in st.get_conversation(USER, conversation["id"])["messages"]:
@@ -40,7 +49,7 @@ def by_generation(st: SqliteStore, generation_id: str) -> dict | None:
 
 
 def raw(path: str) -> sqlite3.Connection:
-    """A second connection to inspect (or age) what the store wrote."""
+    """A second connection to a SQLite file, to inspect what the store wrote."""
     db = sqlite3.connect(path, isolation_level=None)
     db.row_factory = sqlite3.Row
     return db
@@ -50,18 +59,18 @@ def live(n: int = 1, owner: str = "worker_a", model: str = "demo-model") -> dict
     return {"generation_id": f"gen_{n}", "owner": owner, "model": model}
 
 
-def finished(st: SqliteStore, message_id: str, **fields) -> None:
+def finished(st: SqlStore, message_id: str, **fields) -> None:
     st.finish_answer(
         message_id,
         {"content": "Done.", "status": "complete", "reason": None, "usage": None, **fields},
     )
 
 
-def answer_row(path: str, message_id: str) -> sqlite3.Row:
-    return raw(path).execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+def answer_row(db: Database, message_id: str) -> Any:
+    return db.raw().execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
 
 
-def message(st: SqliteStore, conversation_id: str, message_id: str) -> dict:
+def message(st: SqlStore, conversation_id: str, message_id: str) -> dict:
     conversation = st.get_conversation(USER, conversation_id)
     return next(m for m in conversation["messages"] if m["id"] == message_id)
 
@@ -133,11 +142,11 @@ def test_connection_uses_wal_and_foreign_keys(db_path):
     db = connect(db_path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS
 
 
-def test_store_file_is_in_wal_mode(st, db_path):
-    st.list_conversations(USER, 10)
+def test_store_file_is_in_wal_mode(db_path):
+    SqliteStore(db_path).list_conversations(USER, 10)
     assert raw(db_path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -182,13 +191,13 @@ def test_begin_turn_creates_a_conversation(st):
     assert answer["receipt"] is None
 
 
-def test_begin_turn_stores_owner_and_heartbeat(st, db_path):
+def test_begin_turn_stores_owner_and_heartbeat(st, db):
     before = time.time()
     ids = st.begin_turn(USER, None, "Hi", live(owner="worker_x"))
-    row = answer_row(db_path, ids["message_id"])
+    row = answer_row(db, ids["message_id"])
     assert row["owner"] == "worker_x"
     assert before <= row["heartbeat_at"] <= time.time()
-    user = answer_row(db_path, ids["user_message_id"])
+    user = answer_row(db, ids["user_message_id"])
     assert user["owner"] is None
     assert user["heartbeat_at"] is None
 
@@ -239,18 +248,44 @@ RACE_ROUNDS = 10
 RACE_WAIT_S = 0.05
 
 
-def test_concurrent_turns_from_two_workers_one_wins(db_path, monkeypatch):
-    # Two stores are two workers: two connections on one file, each on its own thread.
-    # Each thread waits for the other right after finding the conversation idle, so both
+def together(db: Database, calls: list) -> list[tuple[object, BaseException | None]]:
+    """Run `calls` at once, as two workers (or hosts) would; each one's value or error.
+
+    SQLite stores run their SQL on threads of their own, so greenlets are enough; a
+    PostgreSQL store runs it on the caller, which outside a gevent worker blocks its
+    thread, so each call gets a thread of its own.
+    """
+    outcomes: list[tuple[object, BaseException | None]] = [(None, None)] * len(calls)
+
+    def call(n: int) -> None:
+        try:
+            outcomes[n] = (calls[n](), None)
+        except Exception as exc:
+            outcomes[n] = (None, exc)
+
+    if db.kind == "sqlite":
+        gevent.joinall([gevent.spawn(call, n) for n in range(len(calls))])
+    else:
+        threads = [threading.Thread(target=call, args=(n,)) for n in range(len(calls))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return outcomes
+
+
+def test_concurrent_turns_from_two_workers_one_wins(db, monkeypatch):
+    # Two stores are two workers (or two hosts): two connections on one database.
+    # Each waits for the other right after finding the conversation idle, so both
     # would go on to write unless the first check keeps the second out until it commits.
     # (A barrier before the transaction instead let the calls overlap in 3% of rounds.)
-    stores = [SqliteStore(db_path), SqliteStore(db_path)]
+    stores = [db.store(), db.store()]
     barrier = threading.Barrier(2)
     check_idle = store._check_idle
     checks: list[tuple[object, ...]] = []
 
     def check_then_wait(*args: object) -> None:
-        """Check on the DB thread, then wait (briefly) for the other worker to check too."""
+        """Check inside the transaction, then wait (briefly) for the other to check too."""
         checks.append(args)
         check_idle(*args)
         # A timeout means the other worker is kept out of its check: go on alone.
@@ -263,20 +298,39 @@ def test_concurrent_turns_from_two_workers_one_wins(db_path, monkeypatch):
     for round_ in range(1, RACE_ROUNDS + 1):
         finished(stores[round_ % 2], answer)
         barrier.reset()
-        jobs = [
-            gevent.spawn(st.begin_turn, USER, cid, f"Turn {round_}.{n}", live(2 * round_ + n))
-            for n, st in enumerate(stores)
-        ]
-        gevent.joinall(jobs, raise_error=False)
-        outcomes = sorted(type(j.exception).__name__ for j in jobs)
-        assert outcomes == ["Conflict", "NoneType"], (round_, [j.exception for j in jobs])
-        answer = next(j.value for j in jobs if j.successful())["message_id"]
+        outcomes = together(
+            db,
+            [
+                functools.partial(
+                    st.begin_turn, USER, cid, f"Turn {round_}.{n}", live(2 * round_ + n)
+                )
+                for n, st in enumerate(stores)
+            ],
+        )
+        kinds = sorted(type(error).__name__ for _, error in outcomes)
+        assert kinds == ["Conflict", "NoneType"], (round_, outcomes)
+        answer = next(value for value, error in outcomes if error is None)["message_id"]
         messages = stores[0].get_conversation(USER, cid)["messages"]
         assert len(messages) == 2 * (round_ + 1)
         assert [m["id"] for m in messages if m["status"] == "streaming"] == [answer]
     assert len(checks) == 2 * RACE_ROUNDS  # every call went through the rendezvous
-    for st in stores:
-        st.close()
+
+
+def test_concurrent_slot_claims_never_exceed_the_cap(db):
+    # Eight workers (or hosts) claim slots of one key at once, over and over: the count
+    # and the insert must act as one, or two claims both see room for one more.
+    stores = [db.store() for _ in range(8)]
+    for round_ in range(5):
+        outcomes = together(
+            db,
+            [
+                functools.partial(st.claim_slot, "key:x", f"gen_{round_}_{n}", 3, 60)
+                for n, st in enumerate(stores)
+            ],
+        )
+        assert [value for value, _ in outcomes].count(True) == 3, outcomes
+        assert db.execute("SELECT COUNT(*) FROM running_generations")[0][0] == 3
+        db.execute("DELETE FROM running_generations")
 
 
 def test_begin_turn_in_an_existing_conversation_keeps_its_title_and_order(st):
@@ -298,7 +352,7 @@ def test_begin_turn_in_an_existing_conversation_keeps_its_title_and_order(st):
 # -- finish_answer ---------------------------------------------------------------------
 
 
-def test_finish_answer_stores_everything(st, db_path):
+def test_finish_answer_stores_everything(st, db):
     ids = st.begin_turn(USER, None, "Hi", live())
     usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8, "estimated": True}
     receipt = {"signal": "user_stop", "stop_to_close_ms": 1.25, "tokens_after_stop": 0}
@@ -318,7 +372,7 @@ def test_finish_answer_stores_everything(st, db_path):
     assert answer["reason"] == "user_stop"
     assert answer["usage"] == usage
     assert answer["receipt"] == receipt
-    row = answer_row(db_path, ids["message_id"])
+    row = answer_row(db, ids["message_id"])
     assert json.loads(row["usage"]) == usage
     assert json.loads(row["receipt"]) == receipt
     assert row["owner"] is None
@@ -356,14 +410,14 @@ def test_finish_answer_bumps_message_updated_at(st):
 # -- list / get / delete ---------------------------------------------------------------
 
 
-def set_updated_at(path: str, stamps: dict[str, str]) -> None:
-    db = raw(path)
+def set_updated_at(db: Database, stamps: dict[str, str]) -> None:
+    db = db.raw()
     for conversation_id, stamp in stamps.items():
         db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (stamp, conversation_id))
     db.close()
 
 
-def new_conversations(st: SqliteStore, n: int) -> list[str]:
+def new_conversations(st: SqlStore, n: int) -> list[str]:
     ids = []
     for i in range(n):
         turn = st.begin_turn(USER, None, f"Conversation {i}", live(i))
@@ -377,12 +431,12 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def test_list_is_newest_first_by_updated_at(st, db_path):
+def test_list_is_newest_first_by_updated_at(st, db):
     before = utc_now()
     a, b, c = new_conversations(st, 3)
     after = utc_now()
-    set_updated_at(db_path, {a: "2024-01-02T00:00:00.000Z", b: "2024-01-03T00:00:00.000Z"})
-    set_updated_at(db_path, {c: "2024-01-01T00:00:00.000Z"})
+    set_updated_at(db, {a: "2024-01-02T00:00:00.000Z", b: "2024-01-03T00:00:00.000Z"})
+    set_updated_at(db, {c: "2024-01-01T00:00:00.000Z"})
     listed = st.list_conversations(USER, 10)
     assert [x["id"] for x in listed] == [b, a, c]
     created_at = listed[0].pop("created_at")
@@ -394,9 +448,9 @@ def test_list_is_newest_first_by_updated_at(st, db_path):
     assert before <= created_at <= after  # when it was made, not when it was last touched
 
 
-def test_a_new_turn_moves_a_conversation_to_the_top(st, db_path):
+def test_a_new_turn_moves_a_conversation_to_the_top(st, db):
     a, b = new_conversations(st, 2)
-    set_updated_at(db_path, {a: "2024-01-01T00:00:00.000Z", b: "2024-01-02T00:00:00.000Z"})
+    set_updated_at(db, {a: "2024-01-01T00:00:00.000Z", b: "2024-01-02T00:00:00.000Z"})
     assert [x["id"] for x in st.list_conversations(USER, 10)] == [b, a]
     st.begin_turn(USER, a, "Back again", live(99))
     assert [x["id"] for x in st.list_conversations(USER, 10)] == [a, b]
@@ -408,11 +462,11 @@ def test_list_respects_limit(st):
     assert len(st.list_conversations(USER, 10)) == 4
 
 
-def test_cursor_pages_through_all_conversations_once(st, db_path):
+def test_cursor_pages_through_all_conversations_once(st, db):
     ids = new_conversations(st, 11)
     # several share an updated_at, so the id has to break the tie
     set_updated_at(
-        db_path,
+        db,
         {cid: f"2024-01-0{1 + i // 4}T00:00:00.000Z" for i, cid in enumerate(ids)},
     )
     everything = st.list_conversations(USER, 100)
@@ -482,12 +536,12 @@ def test_get_conversation_does_not_mix_conversations(st):
     ]
 
 
-def test_delete_conversation_cascades(st, db_path):
+def test_delete_conversation_cascades(st, db):
     ids = st.begin_turn(USER, None, "Hi", live(1))
     finished(st, ids["message_id"], content="old")
     st.restart_answer(USER, ids["conversation_id"], ids["message_id"], False, live(2))
     other = st.begin_turn(USER, None, "Keep me", live(3))
-    db = raw(db_path)
+    db = db.raw()
     assert db.execute("SELECT COUNT(*) FROM message_versions").fetchone()[0] == 1
 
     assert st.delete_conversation(USER, ids["conversation_id"]) is True
@@ -517,7 +571,7 @@ def test_delete_twice(st):
 # -- restart_answer --------------------------------------------------------------------
 
 
-def stopped_answer(st: SqliteStore, text: str = "Hello wor") -> dict:
+def stopped_answer(st: SqlStore, text: str = "Hello wor") -> dict:
     ids = st.begin_turn(USER, None, "Say hello", live(1))
     st.finish_answer(
         ids["message_id"],
@@ -532,7 +586,7 @@ def stopped_answer(st: SqliteStore, text: str = "Hello wor") -> dict:
     return ids
 
 
-def test_continue_keeps_the_text(st, db_path):
+def test_continue_keeps_the_text(st, db):
     ids = stopped_answer(st)
     before = time.time()
     previous = st.restart_answer(
@@ -551,7 +605,7 @@ def test_continue_keeps_the_text(st, db_path):
     }
     assert (answer["generation_id"], answer["model"]) == ("gen_2", "other-model")
     assert answer["versions"] == []
-    row = answer_row(db_path, ids["message_id"])
+    row = answer_row(db, ids["message_id"])
     assert row["owner"] == "worker_b"
     assert row["heartbeat_at"] >= before
 
@@ -580,7 +634,7 @@ def test_regenerate_moves_the_old_answer_into_versions(st):
     ]
 
 
-def test_regenerate_numbers_versions_in_order(st, db_path):
+def test_regenerate_numbers_versions_in_order(st, db):
     ids = stopped_answer(st, "first")
     cid, mid = ids["conversation_id"], ids["message_id"]
     st.restart_answer(USER, cid, mid, False, live(2))
@@ -590,7 +644,7 @@ def test_regenerate_numbers_versions_in_order(st, db_path):
         mid, {"content": "", "status": "error", "reason": "upstream_error", "usage": None}
     )
     st.restart_answer(USER, cid, mid, False, live(4))
-    rows = raw(db_path).execute(
+    rows = db.raw().execute(
         "SELECT version, content, status, generation_id FROM message_versions "
         "WHERE message_id = ? ORDER BY version",
         (mid,),
@@ -609,13 +663,13 @@ def test_regenerate_numbers_versions_in_order(st, db_path):
     assert (answer["content"], answer["generation_id"]) == ("", "gen_4")
 
 
-def test_versions_are_numbered_per_message(st, db_path):
+def test_versions_are_numbered_per_message(st, db):
     a = stopped_answer(st, "a")
     b = st.begin_turn(USER, None, "Other", live(10))
     finished(st, b["message_id"], content="b")
     st.restart_answer(USER, a["conversation_id"], a["message_id"], False, live(2))
     st.restart_answer(USER, b["conversation_id"], b["message_id"], False, live(11))
-    rows = raw(db_path).execute("SELECT message_id, version FROM message_versions")
+    rows = db.raw().execute("SELECT message_id, version FROM message_versions")
     assert sorted(tuple(r) for r in rows) == sorted([(a["message_id"], 1), (b["message_id"], 1)])
 
 
@@ -663,12 +717,12 @@ def test_restart_in_an_unknown_conversation(st):
         st.restart_answer(USER, "conv_nope", ids["message_id"], True, live(2))
 
 
-def test_restart_bumps_the_conversation(st, db_path):
+def test_restart_bumps_the_conversation(st, db):
     ids = stopped_answer(st)
     other = st.begin_turn(USER, None, "Newer", live(5))
     finished(st, other["message_id"])
     set_updated_at(
-        db_path,
+        db,
         {
             ids["conversation_id"]: "2024-01-01T00:00:00.000Z",
             other["conversation_id"]: "2024-01-02T00:00:00.000Z",
@@ -681,16 +735,16 @@ def test_restart_bumps_the_conversation(st, db_path):
 # -- heartbeat -------------------------------------------------------------------------
 
 
-def age(path: str, message_id: str, seconds: float) -> None:
-    db = raw(path)
+def age(db: Database, message_id: str, seconds: float) -> None:
+    db = db.raw()
     db.execute(
         "UPDATE messages SET heartbeat_at = ? WHERE id = ?", (time.time() - seconds, message_id)
     )
     db.close()
 
 
-def heartbeat_at(path: str, message_id: str) -> float | None:
-    return answer_row(path, message_id)["heartbeat_at"]
+def heartbeat_at(db: Database, message_id: str) -> float | None:
+    return answer_row(db, message_id)["heartbeat_at"]
 
 
 def test_heartbeat_flushes_text_into_streaming_messages_only(st):
@@ -723,26 +777,24 @@ def test_heartbeat_flush_bumps_updated_at(st):
     assert message(st, ids["conversation_id"], ids["message_id"])["updated_at"] > started
 
 
-def test_heartbeat_renews_only_the_claimed_streaming_messages(st, db_path):
+def test_heartbeat_renews_only_the_claimed_streaming_messages(st, db):
     mine = st.begin_turn(USER, None, "Mine", live(1, "worker_a"))
     theirs = st.begin_turn(USER, None, "Theirs", live(2, "worker_b"))
     mine_done = st.begin_turn(USER, None, "Mine, done", live(3, "worker_a"))
     finished(st, mine_done["message_id"])
     for ids in (mine, theirs, mine_done):
-        age(db_path, ids["message_id"], 30)
-    old = {
-        ids["message_id"]: heartbeat_at(db_path, ids["message_id"]) for ids in (theirs, mine_done)
-    }
+        age(db, ids["message_id"], 30)
+    old = {ids["message_id"]: heartbeat_at(db, ids["message_id"]) for ids in (theirs, mine_done)}
     before = time.time()
 
     assert st.heartbeat([mine["message_id"], mine_done["message_id"]], [], 60) == 0
 
-    assert heartbeat_at(db_path, mine["message_id"]) >= before
-    assert heartbeat_at(db_path, theirs["message_id"]) == old[theirs["message_id"]]
-    assert heartbeat_at(db_path, mine_done["message_id"]) == old[mine_done["message_id"]]
+    assert heartbeat_at(db, mine["message_id"]) >= before
+    assert heartbeat_at(db, theirs["message_id"]) == old[theirs["message_id"]]
+    assert heartbeat_at(db, mine_done["message_id"]) == old[mine_done["message_id"]]
 
 
-def test_heartbeat_marks_lost_answers_interrupted(st, db_path):
+def test_heartbeat_marks_lost_answers_interrupted(st, db):
     mine = st.begin_turn(USER, None, "Mine", live(1, "worker_a"))
     lost1 = st.begin_turn(USER, None, "Lost 1", live(2, "worker_dead"))
     lost2 = st.begin_turn(USER, None, "Lost 2", live(3, "worker_dead"))
@@ -751,8 +803,8 @@ def test_heartbeat_marks_lost_answers_interrupted(st, db_path):
     finished(st, done["message_id"], content="Complete answer")
     st.heartbeat([lost1["message_id"]], [(lost1["message_id"], "half an ans")], 60)
     for ids in (mine, lost1, lost2, done):
-        age(db_path, ids["message_id"], 120)
-    age(db_path, fresh["message_id"], 10)
+        age(db, ids["message_id"], 120)
+    age(db, fresh["message_id"], 10)
 
     assert st.heartbeat([mine["message_id"]], [], 60) == 2
 
@@ -769,13 +821,13 @@ def test_heartbeat_marks_lost_answers_interrupted(st, db_path):
     assert st.heartbeat([mine["message_id"]], [], 60) == 0
 
 
-def test_a_worker_that_was_presumed_lost_does_not_revive_its_answer(st, db_path):
+def test_a_worker_that_was_presumed_lost_does_not_revive_its_answer(st, db):
     ids = st.begin_turn(USER, None, "Hi", live(1, "worker_slow"))
     claim = [ids["message_id"]]
     st.heartbeat(claim, [(ids["message_id"], "before")], 60)
-    age(db_path, ids["message_id"], 120)
+    age(db, ids["message_id"], 120)
     assert st.heartbeat([], [], 60) == 1
-    swept_at = heartbeat_at(db_path, ids["message_id"])
+    swept_at = heartbeat_at(db, ids["message_id"])
 
     assert st.heartbeat(claim, [(ids["message_id"], "before and after")], 60) == 0
 
@@ -785,20 +837,20 @@ def test_a_worker_that_was_presumed_lost_does_not_revive_its_answer(st, db_path)
         "worker_lost",
         "before",
     )
-    assert heartbeat_at(db_path, ids["message_id"]) == swept_at
+    assert heartbeat_at(db, ids["message_id"]) == swept_at
 
 
-def test_a_lost_answer_no_longer_blocks_a_new_turn(st, db_path):
+def test_a_lost_answer_no_longer_blocks_a_new_turn(st, db):
     ids = st.begin_turn(USER, None, "Hi", live(1, "worker_dead"))
-    age(db_path, ids["message_id"], 120)
+    age(db, ids["message_id"], 120)
     assert st.heartbeat([], [], 60) == 1
     second = st.begin_turn(USER, ids["conversation_id"], "Hello?", live(2))
     assert message(st, ids["conversation_id"], second["message_id"])["status"] == "streaming"
 
 
-def test_heartbeat_never_marks_its_own_answers_lost(st, db_path):
+def test_heartbeat_never_marks_its_own_answers_lost(st, db):
     ids = st.begin_turn(USER, None, "Hi", live(1, "worker_a"))
-    age(db_path, ids["message_id"], 120)
+    age(db, ids["message_id"], 120)
     claim = [ids["message_id"]]
     assert st.heartbeat(claim, [(ids["message_id"], "still here")], 60) == 0
     answer = message(st, ids["conversation_id"], ids["message_id"])
@@ -814,7 +866,7 @@ def test_heartbeat_accepts_a_generator(st):
 # -- amend_stop ------------------------------------------------------------------
 
 
-def ended(st: SqliteStore, status: str, reason: str | None, text: str, n: int = 1) -> dict:
+def ended(st: SqlStore, status: str, reason: str | None, text: str, n: int = 1) -> dict:
     ids = st.begin_turn(USER, None, "Hi", live(n))
     receipt = {"signal": reason, "stop_to_close_ms": 2.5, "tokens_after_stop": 1}
     st.finish_answer(
@@ -914,8 +966,8 @@ def test_amend_stop_unknown_generation(st):
 # -- plumbing --------------------------------------------------------------------------
 
 
-def test_two_stores_share_one_file(db_path):
-    a, b = SqliteStore(db_path), SqliteStore(db_path)
+def test_two_stores_share_one_database(db):
+    a, b = db.store(), db.store()
     ids = a.begin_turn(USER, None, "Hi", live(1))
     assert b.get_conversation(USER, ids["conversation_id"])["messages"][0]["content"] == "Hi"
     with pytest.raises(store.Conflict):
@@ -1024,8 +1076,8 @@ def test_rate_windows_count_and_expire(st):
     assert st.hits("k")[0] == 0
 
 
-def test_running_slots_are_capped_per_key_and_shared(db_path):
-    a, b = SqliteStore(db_path), SqliteStore(db_path)  # two workers
+def test_running_slots_are_capped_per_key_and_shared(db):
+    a, b = db.store(), db.store()  # two workers
     assert a.claim_slot("key:x", "gen_1", 2, 60)
     assert b.claim_slot("key:x", "gen_2", 2, 60)
     assert not a.claim_slot("key:x", "gen_3", 2, 60)
@@ -1034,10 +1086,10 @@ def test_running_slots_are_capped_per_key_and_shared(db_path):
     assert a.claim_slot("key:x", "gen_3", 2, 60)
 
 
-def test_a_dead_workers_slots_free_themselves_unless_renewed(st, db_path):
+def test_a_dead_workers_slots_free_themselves_unless_renewed(st, db):
     assert st.claim_slot("key:x", "gen_1", 1, 60)
     assert st.claim_slot("key:z", "gen_2", 1, 60)
-    db = raw(db_path)
+    db = db.raw()
     db.execute("UPDATE running_generations SET heartbeat_at = heartbeat_at - 120")
     db.close()
     st.heartbeat([], [], 60, slots=["gen_2"])  # gen_2's worker still beats

@@ -1,11 +1,10 @@
 """OpenAI's chat completion shapes for relay events: chunks, completions, errors; pure."""
 
-import json
 import time
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
-from flask_stopwire.formats.sse import KEEPALIVE
+from flask_stopwire.formats.sse import KEEPALIVE, compact_json
 
 DONE = b"data: [DONE]\n\n"
 
@@ -122,8 +121,4 @@ def _chain(first: Iterable[Any], rest: Iterable[Any]) -> Iterator[Any]:
 
 
 def _data(payload: dict[str, Any]) -> bytes:
-    return (
-        b"data: "
-        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
-        + b"\n\n"
-    )
+    return f"data: {compact_json(payload)}\n\n".encode("utf-8", "replace")

@@ -1,4 +1,9 @@
-"""Server-sent event frames: encoding ours, reading providers'; pure, no Flask and no I/O."""
+"""Server-sent event frames: encoding ours, reading providers'; pure, no Flask and no I/O.
+
+Two readers of providers' streams: `events()` (sseclient-py: every field, for the
+protocols that name their events) and `event_data()`, which keeps only each event's
+data: an OpenAI-compatible stream is nothing else, and it reads every token.
+"""
 
 import codecs
 import json
@@ -10,18 +15,25 @@ from sseclient import Event, SSEClient
 KEEPALIVE = b": keepalive\n\n"
 
 
+# One encoder for every frame: `json.dumps` with options builds a new one per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+compact_json = _JSON.encode
+
+
 def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
     """Encode one SSE frame whose data is `data` as compact JSON.
 
     JSON never contains a raw newline, so one `data:` line always suffices.
     """
-    lines = []
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    lines.append(f"event: {event}")
-    lines.append("data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+    head = f"event: {event}" if event_id is None else f"id: {event_id}\nevent: {event}"
     # A provider can send a lone surrogate (`"\\ud83d"`); it must not break the stream.
-    return ("\n".join(lines) + "\n\n").encode("utf-8", "replace")
+    return f"{head}\ndata: {compact_json(data)}\n\n".encode("utf-8", "replace")
+
+
+def token_frame(text: str, event_id: int) -> bytes:
+    """`frame("token", {"text": text}, event_id)`, without building the dict."""
+    data = compact_json(text)
+    return f'id: {event_id}\nevent: token\ndata: {{"text":{data}}}\n\n'.encode("utf-8", "replace")
 
 
 def encode(relay_events: Generator[Any, None, None]) -> Iterator[bytes]:
@@ -33,7 +45,7 @@ def encode(relay_events: Generator[Any, None, None]) -> Iterator[bytes]:
                 yield KEEPALIVE
             elif event.kind == "token":
                 sequence += 1
-                yield frame("token", {"text": event.data}, event_id=sequence)
+                yield token_frame(event.data, sequence)
             elif event.kind == "error":
                 yield frame("error", {"error": event.data})
             else:
@@ -64,3 +76,39 @@ def events(chunks: Iterable[bytes]) -> Iterator[Event]:
         yield from SSEClient(body()).events()
     except _BodyEnded:
         return
+
+
+def event_data(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The data of each event in body chunks, however they are split: what `events()`
+    gives as `event.data`, for streams whose events are told apart by their data alone.
+
+    Read as `events()` reads: lines end in CRLF, LF or CR; comments and the other
+    fields are skipped; an event without data is not dispatched; an event the body
+    ends in the middle of is dropped; invalid UTF-8 becomes U+FFFD. It works on bytes
+    (no line-ending byte occurs inside a UTF-8 character) and splits a whole chunk at
+    once, where `events()` decodes and re-encodes each chunk and matches each line.
+    """
+    rest = b""  # an unfinished line; a CR at its end may be the first half of a CRLF
+    data: list[bytes] = []
+    for chunk in chunks:
+        if rest:
+            chunk = rest + chunk
+        held = b""
+        if b"\r" in chunk:
+            if chunk.endswith(b"\r"):
+                chunk, held = chunk[:-1], b"\r"
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = chunk.split(b"\n")
+        rest = lines.pop() + held
+        for line in lines:
+            if not line:
+                if data:
+                    yield b"\n".join(data).decode("utf-8", "replace")
+                    data = []
+            elif line.startswith(b"data"):
+                value = line[4:]
+                if not value:
+                    data.append(b"")
+                elif value[:1] == b":":
+                    data.append(value[2:] if value[1:2] == b" " else value[1:])
+                # else a field whose name only starts with "data": ignored

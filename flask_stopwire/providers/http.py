@@ -1,11 +1,14 @@
 """The one I/O seam to providers: a pooled session, opening a stream, error mapping."""
 
+import http.client
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import requests
 import urllib3.exceptions
+import urllib3.response
 
 from flask_stopwire.providers.base import (
     ProviderCall,
@@ -53,15 +56,111 @@ def open_stream(
 
 
 def iter_body(response: requests.Response) -> Iterator[bytes]:
-    """Body chunks as they arrive, with transport failures mapped to ProviderErrors."""
+    """Body bytes as they arrive, with transport failures mapped to ProviderErrors.
+
+    A chunked body without content coding (every streaming provider's) is read by
+    `_dechunked`: whatever one socket read returns, unframed in one go. Anything else
+    goes through urllib3, which reads one HTTP chunk per call and three buffered reads
+    per chunk: per token, on a busy worker, that is the relay's largest cost.
+    """
     try:
-        yield from response.iter_content(chunk_size=None)
+        source = _http_client_response(response)
+        if source is not None:
+            yield from _dechunked(source)
+            response.raw.release_conn()  # read to its end: the connection can be reused
+        else:
+            yield from response.iter_content(chunk_size=None)
+    except TimeoutError as exc:
+        raise ProviderTimeout("provider went silent past the idle limit") from exc
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         # requests wraps an idle read timeout in a ConnectionError: look inside.
         cause = exc.args[0] if exc.args else None
         if isinstance(exc, requests.Timeout) or isinstance(cause, urllib3.exceptions.TimeoutError):
             raise ProviderTimeout("provider went silent past the idle limit") from exc
         raise ProviderDisconnected("provider connection dropped mid-stream") from exc
+
+
+_MAX_LINE = 4096  # a chunk-size line or trailer longer than this is not HTTP
+
+
+def _http_client_response(response: requests.Response) -> Any:
+    """The http.client response under a chunked, uncoded urllib3 body nobody read yet."""
+    raw = response.raw
+    source = getattr(raw, "_fp", None)
+    if not (
+        isinstance(raw, urllib3.response.HTTPResponse)
+        and isinstance(source, http.client.HTTPResponse)
+        and raw.chunked
+        and source.chunked
+        and source.chunk_left is None  # not a byte of the body read yet
+        and source.fp is not None
+        and response.headers.get("Content-Encoding", "identity").lower() == "identity"
+    ):
+        return None
+    return source
+
+
+def _dechunked(source: http.client.HTTPResponse) -> Iterator[bytes]:
+    """The payload of a chunked body, one piece per socket read; ends at the last chunk.
+
+    At the end the http.client response is closed as its own reader would close it,
+    so urllib3 hands the connection back to the pool.
+    """
+    fp = source.fp
+    buffer = b""
+    left = 0  # payload bytes still to come in the current chunk
+    while True:
+        data = fp.read1(65536)
+        if not data:
+            raise ProviderDisconnected("provider connection dropped mid-stream")
+        if left >= len(data):
+            left -= len(data)
+            yield data
+            continue
+        if left:
+            yield data[:left]
+            data = data[left:]
+            left = 0
+        buffer += data
+        pieces = []
+        while True:
+            # The CRLF that ends the previous chunk's payload, then the size line.
+            if buffer.startswith(b"\r\n"):
+                buffer = buffer[2:]
+            end = buffer.find(b"\r\n")
+            if end < 0:
+                if len(buffer) > _MAX_LINE:
+                    raise ProviderDisconnected("provider sent a malformed chunked body")
+                break
+            try:
+                size = int(buffer[:end].split(b";", 1)[0], 16)
+            except ValueError:
+                raise ProviderDisconnected("provider sent a malformed chunked body") from None
+            if size == 0:
+                if pieces:
+                    yield b"".join(pieces)
+                _read_trailers(fp, buffer[end + 2 :])
+                source._close_conn()
+                return
+            payload = buffer[end + 2 : end + 2 + size]
+            pieces.append(payload)
+            buffer = buffer[end + 2 + size :]
+            if len(payload) < size:
+                left = size - len(payload)
+                break
+        if pieces:
+            yield b"".join(pieces)
+
+
+def _read_trailers(fp: Any, buffer: bytes) -> None:
+    """Read up to the blank line that ends the trailers (usually right away)."""
+    while b"\r\n\r\n" not in b"\r\n" + buffer:
+        if len(buffer) > _MAX_LINE:
+            raise ProviderDisconnected("provider sent a malformed chunked body")
+        data = fp.read1(_MAX_LINE)
+        if not data:
+            raise ProviderDisconnected("provider connection dropped mid-stream")
+        buffer += data
 
 
 def error_message(body: bytes, secret: str = "") -> str:

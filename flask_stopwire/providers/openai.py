@@ -4,7 +4,7 @@ OpenRouter, Ollama's /v1, and the built-in demo)."""
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from flask_stopwire.formats.sse import events
+from flask_stopwire.formats.sse import event_data
 from flask_stopwire.providers.base import (
     Delta,
     Endpoint,
@@ -39,13 +39,17 @@ class OpenAIProvider(Endpoint):
         return ProviderCall(f"{self.url}/chat/completions", body, headers)
 
     def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
-        """Deltas from `data:` chunks; `[DONE]` ends the answer."""
+        """Deltas from `data:` chunks; `[DONE]` ends the answer.
+
+        Its events are told apart by their data alone, so the lighter `event_data`
+        reads them (sseclient-py still reads the protocols that name their events).
+        """
         saw_finish_reason = False
-        for event in events(chunks):
-            if event.data.strip() == "[DONE]":
+        for data in event_data(chunks):
+            if data[:1] != "{" and data.strip() == "[DONE]":
                 yield Delta(finished=True)
                 return
-            chunk = json_object(event.data)
+            chunk = json_object(data)
             if "error" in chunk:
                 raise ProviderStreamError(_error_text(chunk["error"]))
             text, usage, finish_reason = _chunk_parts(chunk)
@@ -60,8 +64,15 @@ class OpenAIProvider(Endpoint):
 def _chunk_parts(chunk: dict) -> tuple[str, Usage | None, bool]:
     try:
         choices = chunk.get("choices") or []
-        text = "".join((c.get("delta") or {}).get("content") or "" for c in choices)
-        finish_reason = any(c.get("finish_reason") for c in choices)
+        if len(choices) == 1:  # what every token is: no generators to build
+            choice = choices[0]
+            text = (choice.get("delta") or {}).get("content") or ""
+            if not isinstance(text, str):
+                raise TypeError("content is not a string")
+            finish_reason = bool(choice.get("finish_reason"))
+        else:
+            text = "".join((c.get("delta") or {}).get("content") or "" for c in choices)
+            finish_reason = any(c.get("finish_reason") for c in choices)
         usage = chunk.get("usage")
         parsed_usage = (
             Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"])) if usage else None

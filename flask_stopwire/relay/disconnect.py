@@ -2,18 +2,21 @@
 
 gunicorn does not read the client socket while a response streams, so on its own
 a closed tab is noticed only when a write fails: one or two tokens late, and not
-at all while the provider is silent. `watch` waits for the socket to become
+at all while the provider is silent. `Watch` waits for the socket to become
 readable and then asks the kernel for the TCP state: CLOSE_WAIT after the
 client's FIN, CLOSE after its RST. Unread pipelined bytes also make the socket
 readable but leave it ESTABLISHED and hide the FIN from a peek: then we poll the
 state. TCP_INFO works under TLS too, where a peek would see ciphertext.
+
+It is two watchers of the event loop, not a greenlet: one per open stream, and a
+greenlet's saved stack is most of what a stream costs in memory.
 """
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
-import gevent
-from gevent.socket import wait_read
+from gevent.hub import get_hub
 
 _TCP_ESTABLISHED = 1
 _POLL_S = 0.05
@@ -45,12 +48,44 @@ def give_up_after(sock: socket.socket, seconds: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(seconds * 1000)))
 
 
-def watch(sock: socket.socket, on_gone: Callable[[], object]) -> None:
-    """Call `on_gone` once the client is gone. Run it in a greenlet; kill it to stop watching."""
-    try:
-        wait_read(sock.fileno())
-        while not peer_closed(sock):
-            gevent.sleep(_POLL_S)  # readable yet open: pipelined bytes of a next request
-    except OSError:
-        pass  # the socket was closed under us: the client is gone all the same
-    on_gone()
+class Watch:
+    """Calls `on_gone` (from the event loop) once the client is gone; `close()` stops it."""
+
+    def __init__(self, sock: socket.socket, on_gone: Callable[[], object]):
+        self._sock = sock
+        self._on_gone = on_gone
+        self._loop = get_hub().loop
+        self._timer: Any = None
+        try:
+            self._io: Any = self._loop.io(sock.fileno(), 1)  # 1: readable
+        except OSError:
+            self._io = None  # the socket was closed under us: the client is gone
+            self._timer = self._loop.timer(0)
+            self._timer.start(self._gone)
+            return
+        self._io.start(self._readable)
+
+    def close(self) -> None:
+        """Stop watching (before gunicorn reads the next request on the socket)."""
+        if self._io is not None:
+            self._io.close()
+            self._io = None
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+    def _readable(self) -> None:
+        self._io.stop()
+        if peer_closed(self._sock):
+            self._gone()
+        else:  # readable yet open: pipelined bytes of a next request; poll the state
+            self._timer = self._loop.timer(_POLL_S, _POLL_S)
+            self._timer.start(self._poll)
+
+    def _poll(self) -> None:
+        if peer_closed(self._sock):
+            self._gone()
+
+    def _gone(self) -> None:
+        self.close()
+        self._on_gone()

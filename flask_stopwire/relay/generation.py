@@ -1,19 +1,22 @@
 """The relay: one generation streamed from a provider to one client, stoppable at once.
 
-Three greenlets per generation; whichever ends first ends the others:
+Two greenlets and a watcher per generation; whichever ends first ends the others:
 
 - the **handler** greenlet iterates `Generation.events()` (a wire format encodes them
-  and gunicorn writes the bytes): it waits on the queue with a heartbeat timeout,
-  coalescing tokens that queued up while the client was slow;
-- the **pump** greenlet opens the provider stream and parses it into the queue;
-- the **watcher** greenlet waits for the client's socket to close (relay/disconnect.py).
+  and gunicorn writes the bytes): it sleeps until the pump has text for it, the
+  outcome is decided or a heartbeat is due, and sends everything that piled up
+  meanwhile as one frame;
+- the **pump** greenlet opens the provider stream and parses it into a list of
+  pending text, waking the handler when it sleeps;
+- the **watcher** (two loop watchers, not a greenlet: relay/disconnect.py) sees the
+  client's socket close.
 
 A stop (the client left, or asked) decides the outcome, shuts the provider socket down
 (the provider sees our FIN at once) and kills the pump. The GreenletExit lands in the
 pump's blocked read (or connect, before the provider has answered) and the connection
 is closed in the pump's own greenlet: never by a cross-greenlet `Response.close()`,
 which fails on a read in progress. The handler's
-`finally` kills the watcher before gunicorn reads the next keep-alive request.
+`finally` closes the watcher before gunicorn reads the next keep-alive request.
 
 Race rule: the first outcome decided wins. A stop that arrives after the provider's
 final event was parsed reports `complete`; a stop before it reports `stopped`.
@@ -31,7 +34,7 @@ from typing import Any
 import gevent
 import gevent.event
 import requests
-from gevent.queue import Empty, Queue
+from gevent.hub import Waiter, get_hub
 
 from flask_stopwire.providers.base import (
     Delta,
@@ -47,7 +50,6 @@ from flask_stopwire.relay import disconnect
 
 log = logging.getLogger(__name__)
 
-_END = object()
 _DRAIN_S = 1.0
 
 
@@ -110,6 +112,8 @@ class Generation:
         self.settings = settings
         self.options = options
         self.on_end = on_end
+        # Called by the pump right before the provider call (a stop recorded elsewhere).
+        self.before_call: Callable[[Generation], None] | None = None
         self.seen_chars: int | None = None
         self.settled = gevent.event.Event()  # the outcome is final and recorded
         self.saved = True  # False when recording the end failed (on_end said so)
@@ -125,7 +129,13 @@ class Generation:
         self.tokens_after_stop = 0
         self._received: list[str] = []
         self._response: requests.Response | None = None
-        self._queue: Queue = Queue()
+        # Text the pump parsed and the handler has not sent yet, and the handler's
+        # Waiter while it sleeps: no queue, no Timeout per wait, one wake-up per burst.
+        self._pending: list[str] = []
+        self._sleeping: Waiter | None = None
+        self._heartbeat_due = False
+        self._last_sent = 0.0  # monotonic time the handler last sent something
+        self._heartbeat_timer: Any = None  # a hub timer while the handler relays
         self._pump = gevent.Greenlet(self._read_provider)
 
     # -- the handler greenlet ------------------------------------------------------
@@ -141,14 +151,14 @@ class Generation:
             if client_sock is not None:
                 # Two heartbeats unacknowledged: the client's network is gone.
                 disconnect.give_up_after(client_sock, 2 * self.settings.heartbeat_s)
-                watcher = gevent.spawn(disconnect.watch, client_sock, self._client_gone)
+                watcher = disconnect.Watch(client_sock, self._client_gone)
             self._pump.start()
             yield RelayEvent("meta", self.meta)
             yield from self._relay_tokens()
             yield from self._final_events()
         finally:
             if watcher is not None:
-                watcher.kill()
+                watcher.close()
             # Still undecided here means the server closed us after a failed write.
             self.stop("client_disconnect")
             if self.stop_at is not None:
@@ -156,29 +166,68 @@ class Generation:
             self._settle()
 
     def _relay_tokens(self) -> Iterator[RelayEvent]:
-        while True:
-            try:
-                item = self._queue.get(timeout=self.settings.heartbeat_s)
-            except Empty:
-                self.heartbeats += 1
-                yield RelayEvent("keepalive")
-                continue
-            texts = []
-            while item is not _END:
-                texts.append(item)
-                if self._queue.empty():
-                    break
-                item = self._queue.get_nowait()
-            if texts:
-                text = "".join(texts)
-                self.delivered_tokens += len(texts)
-                yield RelayEvent("token", text)
-            if item is _END:
-                return
+        """Tokens (what piled up, as one event) and keepalives until the outcome is decided.
+
+        Text parsed before the outcome was decided always goes out before the end.
+        """
+        hub = get_hub()
+        self._last_sent = time.monotonic()
+        self._arm_heartbeat(self.settings.heartbeat_s)
+        try:
+            while True:
+                if self._pending:
+                    texts, self._pending = self._pending, []
+                    self.delivered_tokens += len(texts)
+                    self._last_sent = time.monotonic()
+                    yield RelayEvent("token", texts[0] if len(texts) == 1 else "".join(texts))
+                elif self.outcome is not None:
+                    return
+                elif self._heartbeat_due:
+                    self._heartbeat_due = False
+                    self.heartbeats += 1
+                    self._last_sent = time.monotonic()
+                    yield RelayEvent("keepalive")
+                else:
+                    self._sleeping = waiter = Waiter(hub)
+                    try:
+                        waiter.get()
+                    finally:
+                        self._sleeping = None
+        finally:
+            if self._heartbeat_timer is not None:
+                self._heartbeat_timer.close()
+                self._heartbeat_timer = None
+
+    def _arm_heartbeat(self, after_s: float) -> None:
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.close()
+        self._heartbeat_timer = get_hub().loop.timer(max(after_s, 0.0))
+        self._heartbeat_timer.start(self._heartbeat_check)
+
+    def _heartbeat_check(self) -> None:
+        """In the hub: a keepalive is due once nothing was sent for a whole heartbeat.
+
+        Otherwise the timer is set again for the rest of that heartbeat: a stream of
+        tokens costs one timer event per heartbeat instead of a Timeout per wait.
+        """
+        heartbeat_s = self.settings.heartbeat_s
+        idle = time.monotonic() - self._last_sent
+        if idle >= heartbeat_s:
+            self._heartbeat_due = True
+            self._wake()
+            idle = 0.0
+        self._arm_heartbeat(heartbeat_s - idle)
+
+    def _wake(self) -> None:
+        """Wake the handler if it sleeps (from any greenlet: the switch runs in the hub)."""
+        waiter = self._sleeping
+        if waiter is not None:
+            self._sleeping = None
+            get_hub().loop.run_callback(waiter.switch, None)
 
     def _final_events(self) -> Iterator[RelayEvent]:
         outcome = self.outcome
-        assert outcome is not None  # _END is queued only once an outcome is decided
+        assert outcome is not None  # _relay_tokens returns only once an outcome is decided
         if self.stop_at is not None:
             self._pump.join()  # the receipt needs the moment the provider was closed
         self._settle()  # recorded before the client hears the end
@@ -287,23 +336,28 @@ class Generation:
     def _decide(self, outcome: Outcome) -> None:
         if self.outcome is None:
             self.outcome = outcome
-            self._queue.put(_END)
+            self._wake()
 
     # -- the pump greenlet ----------------------------------------------------------
 
     def _read_provider(self) -> None:
         response = None
         try:
+            if self.before_call is not None:
+                self.before_call(self)
+                if self.outcome is not None:
+                    return  # stopped before it asked the provider anything
             call = self.provider.build_call(self.messages, self.options)
             timeouts = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
             response = self._response = open_stream(
                 self.session, call, timeouts, self.settings.api_key
             )
-            for delta in self.provider.parse(iter_body(response)):
+            body = iter_body(response)
+            for delta in self.provider.parse(body):
                 self._take(delta)
                 if delta.finished:
                     self._decide(Outcome("complete"))
-                    _drain(response)
+                    _drain(response, body)
                     return
             raise ProviderDisconnected("the provider ended the stream before the answer was done")
         except ProviderError as exc:
@@ -318,6 +372,9 @@ class Generation:
             self._decide(Outcome("error", "internal", error))
         finally:
             if response is not None:
+                # Read to its end, requests' close() would skip the body: close it here
+                # (a connection already handed back to the pool stays open).
+                response.raw.close()
                 response.close()
             if self.closed_at is None:
                 self.closed_at = time.monotonic()
@@ -333,10 +390,19 @@ class Generation:
             if self.first_token_at is None:
                 self.first_token_at = time.monotonic()
             self._received.append(delta.text)
-            self._queue.put(delta.text)
+            self._pending.append(delta.text)
+            self._wake()
 
 
-def _drain(response: requests.Response) -> None:
-    """Read the little that follows the final event so the connection can be pooled."""
+def _drain(response: requests.Response, body: Iterator[bytes]) -> None:
+    """Read the little that follows the final event so the connection can be pooled.
+
+    Through the same reader as the rest of the body: it may hold bytes already read.
+    """
     with gevent.Timeout(_DRAIN_S, False):
+        try:
+            for _ in body:
+                pass
+        except ProviderError:
+            return  # cut after the final event: nothing to pool
         response.raw.drain_conn()

@@ -47,6 +47,11 @@ class Registry:
         generation.wait_settled(SETTLE_WAIT_S)
         return generation.summary()
 
+    def holds(self, user_id: str, generation_id: str) -> bool:
+        """Whether `user_id`'s generation `generation_id` streams on this worker now."""
+        generation = self._live.get(generation_id)
+        return generation is not None and generation.user_id == user_id
+
     def interrupt_all(self) -> int:
         """Interrupt every live generation (the worker is shutting down)."""
         live = list(self._live.values())

@@ -1,6 +1,14 @@
-"""The database schema as forward-only migrations; `schema_version` says how far a file is."""
+"""The database schema as forward-only migrations; `schema_version` says how far a database is.
 
-import sqlite3
+The same scripts run on SQLite and PostgreSQL (`Dialect.ddl` rewrites the few type
+words that differ). Each migration is one transaction that first makes every other
+migrator wait: SQLite's BEGIN IMMEDIATE, or a PostgreSQL advisory lock held until
+COMMIT, so many workers on many hosts starting at once apply each migration once.
+"""
+
+from typing import Any
+
+from flask_stopwire.store.sql import dialect_of
 
 MIGRATIONS = [
     # 1: conversations, messages, earlier versions of regenerated answers
@@ -74,15 +82,19 @@ MIGRATIONS = [
 ]
 
 
-def migrate(db: sqlite3.Connection) -> int:
+def migrate(db: Any) -> int:
     """Apply the migrations this database lacks, each in its own transaction."""
-    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    dialect = dialect_of(db)
     for number, script in enumerate(MIGRATIONS, start=1):
-        db.execute("BEGIN IMMEDIATE")  # one worker migrates; the others wait, then skip
+        db.execute(dialect.begin)  # one worker migrates; the others wait, then skip
         try:
-            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            if (row[0] or 0) < number:
-                for statement in filter(str.strip, script.split(";")):
+            if dialect.lock_migrations:
+                db.execute(dialect.lock_migrations)
+            # Inside the lock: PostgreSQL's IF NOT EXISTS is no guard against a racing twin.
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT MAX(version) AS version FROM schema_version").fetchone()
+            if (row["version"] or 0) < number:
+                for statement in filter(str.strip, dialect.ddl(script).split(";")):
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
         except BaseException:

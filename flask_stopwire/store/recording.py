@@ -17,7 +17,7 @@ from typing import Any
 import gevent
 
 from flask_stopwire.relay.generation import Generation
-from flask_stopwire.store.sqlite import SqliteStore, new_id
+from flask_stopwire.store.sql import SqlStore, new_id
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Recorder:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: SqlStore,
         flush_s: float,
         lost_after_s: float,
         running: Callable[[], list[str]] = list,

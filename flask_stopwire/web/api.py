@@ -8,6 +8,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from flask_stopwire import history
 from flask_stopwire.formats import sse
 from flask_stopwire.providers.base import Message
+from flask_stopwire.relay.bus import StopBusDown
 from flask_stopwire.relay.generation import Generation
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.store.sqlite import Conflict
@@ -19,6 +20,10 @@ register_json_errors(api)
 
 ROLES = ("system", "user", "assistant")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+BUS_DOWN = (
+    "this answer may be streaming on another host, and Redis (the stop bus between "
+    "hosts) cannot be reached right now; retry"
+)
 
 
 @api.before_request
@@ -72,7 +77,10 @@ def stop(generation_id: str) -> dict[str, Any]:
     seen = seen_chars(json_body(required=False))
     stopwire = get_stopwire()
     user_id = stopwire.identity().user_id
-    summary = stopwire.stop(user_id, generation_id, seen)
+    try:
+        summary, bus_down = stopwire.stop(user_id, generation_id, seen), False
+    except StopBusDown:
+        summary, bus_down = None, True  # it may stream on another host: nobody can tell
     if summary is None or (summary["status"], summary["reason"]) == (
         "stopped",
         "client_disconnect",
@@ -80,6 +88,8 @@ def stop(generation_id: str) -> dict[str, Any]:
         message = stopwire.store.amend_stop(user_id, generation_id, seen)
         if message is not None:
             summary = message_summary(message)
+    if bus_down and (summary is None or summary["status"] == "streaming"):
+        raise ApiError(503, BUS_DOWN, 1)
     if summary is None:
         raise ApiError(404, f"no generation {generation_id!r}")
     if summary["status"] == "streaming":

@@ -286,6 +286,28 @@ def test_retry_succeeds_once_the_provider_is_back(context, tmp_path):
         down.close()
 
 
+def test_over_the_running_answers_cap_the_page_says_so(context, upstream, tmp_path):
+    capped = Server(
+        upstream.url,
+        workers=1,
+        STOPWIRE_MAX_ACTIVE_PER_USER="1",
+        STOPWIRE_DATABASE=str(tmp_path / "s.sqlite3"),
+    )
+    try:
+        first = open_page(context, capped.url)
+        send(first, f"{marker()} {LONG}")
+        wait_words(first, 3)
+        second = open_page(context, capped.url)  # the same browser: the same identity
+        send(second, f"{marker()} {SHORT}")
+        message = answer(second)
+        expect(message.locator(".badge")).to_have_text("Error")
+        expect(message.locator(".message-detail")).to_contain_text("the limit is 1")
+        expect(message.get_by_role("button", name="Retry")).to_be_visible()
+        assert first.errors == [] and second.errors == []
+    finally:
+        capped.close()
+
+
 def test_model_output_is_shown_as_text_and_runs_nothing(page, upstream):
     prompt = marker()
     payload = (

@@ -3,6 +3,7 @@
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,13 @@ import pytest
 import requests
 from wire import TEST_KEY
 
+from tests.store.databases import RawPostgres, create_database, drop_database
+
 ROOT = Path(__file__).resolve().parents[2]
+# The database every Server uses unless told: `STOPWIRE_TEST_DATABASE=postgresql pytest
+# tests/server` runs the whole server suite on PostgreSQL. Modules that set
+# `DATABASES = ("sqlite", "postgresql")` run their `server` tests on both.
+DEFAULT_DATABASE = os.environ.get("STOPWIRE_TEST_DATABASE", "sqlite")
 
 
 class Upstream:
@@ -70,11 +77,16 @@ class Server:
         workers: int = 1,
         host_app: str = "",
         port: int = 0,
+        database: str = "",
         **settings: str,
     ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.database = Path(tempfile.mkdtemp(prefix="stopwire-test-")) / "stopwire.sqlite3"
+        self.kind = database or DEFAULT_DATABASE
+        if self.kind == "postgresql":  # a database of its own, dropped on close
+            self.database: str | Path = create_database()
+        else:
+            self.database = Path(tempfile.mkdtemp(prefix="stopwire-test-")) / "stopwire.sqlite3"
         env = {
             **os.environ,
             "STOPWIRE_BIND": f"127.0.0.1:{self.port}",
@@ -122,9 +134,24 @@ class Server:
         """Everything gunicorn and the app logged so far."""
         return self.log_path.read_text()
 
+    def query(self, sql: str, params: tuple = ()) -> list[dict]:
+        """Rows of one statement (`?` parameters) on the server's database, as dicts."""
+        if self.kind == "postgresql":
+            raw = RawPostgres(str(self.database))
+            try:
+                cursor = raw.execute(sql, params)
+                return [dict(zip(row.keys(), row, strict=True)) for row in cursor.fetchall()]
+            finally:
+                raw.close()
+        with sqlite3.connect(self.database) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(sql, params).fetchall()]
+
     def close(self) -> None:
         stop_process_group(self.process)
         self.log.close()
+        if self.kind == "postgresql":
+            drop_database(str(self.database))
 
 
 def free_port() -> int:
@@ -166,9 +193,22 @@ def upstream():
     server.close()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module's `DATABASES` runs its tests once per database (one server each)."""
+    kinds = getattr(metafunc.module, "DATABASES", None)
+    if kinds and "database" in metafunc.fixturenames:
+        metafunc.parametrize("database", kinds, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def server(upstream):
+def database(request: pytest.FixtureRequest) -> str:
+    """The database the module's servers use: the default, or each of its `DATABASES`."""
+    return getattr(request, "param", DEFAULT_DATABASE)
+
+
+@pytest.fixture(scope="module")
+def server(upstream, database):
     """gunicorn with two gevent workers in front of the demo provider."""
-    process = Server(upstream.url, workers=2, STOPWIRE_HEARTBEAT_S="0.3")
+    process = Server(upstream.url, workers=2, database=database, STOPWIRE_HEARTBEAT_S="0.3")
     yield process
     process.close()

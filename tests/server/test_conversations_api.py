@@ -1,6 +1,6 @@
 """Conversations survive Stop: what the user saw is saved, and the next turn builds on it.
 
-Real gunicorn (2 gevent workers), the demo provider, the SQLite store."""
+Real gunicorn (2 gevent workers), the demo provider, the store on SQLite and on PostgreSQL."""
 
 import time
 import uuid
@@ -9,6 +9,8 @@ import pytest
 import requests
 from conftest import Server
 from wire import AUTH, Connection, open_stream
+
+DATABASES = ("sqlite", "postgresql")  # every test here runs on both (conftest.py)
 
 
 def marker() -> str:

@@ -1,13 +1,14 @@
 """Workers end: SIGTERM interrupts and saves every stream; kill -9 loses at most a flush.
-And many streams over several workers share one SQLite file without losing anything."""
+And many streams over several workers share one database without losing anything.
+Each test runs on SQLite and on PostgreSQL."""
 
 import json
 import os
 import signal
-import sqlite3
 import time
 import uuid
 
+import pytest
 import requests
 from conftest import Server
 from wire import AUTH, Connection, open_stream, pinned
@@ -17,11 +18,12 @@ def streamed_text(events) -> str:
     return "".join(e.data["text"] for e in events if e.event == "token")
 
 
-def saved_message(database, message_id: str) -> dict:
-    with sqlite3.connect(database) as db:
-        db.row_factory = sqlite3.Row
-        row = db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
-    return dict(row)
+BOTH = ("sqlite", "postgresql")
+
+
+def saved_message(server: Server, message_id: str) -> dict:
+    (row,) = server.query("SELECT * FROM messages WHERE id = ?", (message_id,))
+    return row
 
 
 def text_until_the_connection_dies(conn) -> str:
@@ -34,8 +36,9 @@ def text_until_the_connection_dies(conn) -> str:
     return text
 
 
-def test_sigterm_interrupts_saves_and_tells_every_client(upstream):
-    server = Server(upstream.url, workers=2, STOPWIRE_GRACEFUL_TIMEOUT="10")
+@pytest.mark.parametrize("database", BOTH)
+def test_sigterm_interrupts_saves_and_tells_every_client(upstream, database):
+    server = Server(upstream.url, workers=2, database=database, STOPWIRE_GRACEFUL_TIMEOUT="10")
     try:
         prompts = [uuid.uuid4().hex for _ in range(4)]
         conns = [open_stream(server.url, f"{p} [demo tokens=500 gap=0.02]") for p in prompts]
@@ -49,7 +52,7 @@ def test_sigterm_interrupts_saves_and_tells_every_client(upstream):
             done = events[-1].data
             assert (done["status"], done["reason"]) == ("interrupted", "shutdown")
             assert done["receipt"]["signal"] == "shutdown"
-            saved = saved_message(server.database, conn.meta["message_id"])
+            saved = saved_message(server, conn.meta["message_id"])
             assert (saved["status"], saved["reason"]) == ("interrupted", "shutdown")
             assert saved["content"] == text + streamed_text(events)
         for prompt in prompts:
@@ -59,8 +62,9 @@ def test_sigterm_interrupts_saves_and_tells_every_client(upstream):
         server.close()
 
 
-def test_kill_9_of_the_streaming_worker_leaves_nothing_streaming(upstream):
-    server = Server(upstream.url, workers=2, STOPWIRE_LOST_AFTER_S="3")
+@pytest.mark.parametrize("database", BOTH)
+def test_kill_9_of_the_streaming_worker_leaves_nothing_streaming(upstream, database):
+    server = Server(upstream.url, workers=2, database=database, STOPWIRE_LOST_AFTER_S="3")
     try:
         prompt = uuid.uuid4().hex
         victim, conn = pinned(server.url)
@@ -69,7 +73,7 @@ def test_kill_9_of_the_streaming_worker_leaves_nothing_streaming(upstream):
         conn.meta = events[0].data
         seen = streamed_text(events)
         deadline = time.monotonic() + 5
-        while not saved_message(server.database, conn.meta["message_id"])["content"]:
+        while not saved_message(server, conn.meta["message_id"])["content"]:
             assert time.monotonic() < deadline, "no partial text was ever flushed"
             time.sleep(0.05)
         os.kill(victim, signal.SIGKILL)  # after at least one flush (every 1 s)
@@ -78,7 +82,7 @@ def test_kill_9_of_the_streaming_worker_leaves_nothing_streaming(upstream):
         assert upstream.ended(prompt)["ended"] == "client_closed"
 
         while time.monotonic() - killed_at < 15:
-            saved = saved_message(server.database, conn.meta["message_id"])
+            saved = saved_message(server, conn.meta["message_id"])
             if saved["status"] != "streaming":
                 break
             time.sleep(0.2)
@@ -96,8 +100,9 @@ def test_kill_9_of_the_streaming_worker_leaves_nothing_streaming(upstream):
         server.close()
 
 
-def test_50_concurrent_streams_over_2_workers_lose_nothing(upstream):
-    server = Server(upstream.url, workers=2, STOPWIRE_FLUSH_S="0.05")
+@pytest.mark.parametrize("database", BOTH)
+def test_50_concurrent_streams_over_2_workers_lose_nothing(upstream, database):
+    server = Server(upstream.url, workers=2, database=database, STOPWIRE_FLUSH_S="0.05")
     try:
         conns = []
         for _ in range(50):
@@ -110,12 +115,11 @@ def test_50_concurrent_streams_over_2_workers_lose_nothing(upstream):
             meta, done = events[0].data, events[-1].data
             assert done["status"] == "complete", done
             texts[meta["message_id"]] = streamed_text(events)
-        with sqlite3.connect(server.database) as db:
-            rows = db.execute(
-                "SELECT id, content, status, usage FROM messages WHERE role = 'assistant'"
-            ).fetchall()
+        rows = server.query(
+            "SELECT id, content, status, usage FROM messages WHERE role = 'assistant'"
+        )
         assert len(rows) == 50
-        for message_id, content, status, usage in rows:
+        for message_id, content, status, usage in (tuple(row.values()) for row in rows):
             assert status == "complete"
             assert content == texts[message_id]
             assert json.loads(usage)["completion_tokens"] == 40

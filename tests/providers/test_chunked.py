@@ -1,0 +1,83 @@
+"""The chunked-body reader of providers/http.py: bytes in, payload out, however split."""
+
+import random
+
+import pytest
+
+from flask_stopwire.providers.base import ProviderDisconnected
+from flask_stopwire.providers.http import _dechunked
+
+PAYLOADS = [b"data: one\n\n", b"data: tw", b"o\n\n", b"x" * 300, b"data: [DONE]\n\n"]
+
+
+def chunked(payloads: list[bytes], trailers: bytes = b"") -> bytes:
+    """A chunked body: one chunk per payload (one with an extension), then the last chunk."""
+    body = b""
+    for i, payload in enumerate(payloads):
+        extension = b";name=value" if i == 1 else b""
+        body += b"%x%s\r\n%s\r\n" % (len(payload), extension, payload)
+    return body + b"0\r\n" + trailers + b"\r\n"
+
+
+class Reader:
+    """http.client's buffered reader, as `_dechunked` uses it: `read1` hands out pieces."""
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = [piece for piece in pieces if piece]  # b"" would be the end of the body
+
+    def read1(self, n: int) -> bytes:
+        return self.pieces.pop(0)[:n] if self.pieces else b""
+
+
+class Source:
+    """The http.client response: its reader, closed as http.client closes it at the end."""
+
+    def __init__(self, pieces: list[bytes]):
+        self.fp: Reader | None = Reader(pieces)
+        self.closed = False
+
+    def _close_conn(self) -> None:
+        self.fp, self.closed = None, True
+
+
+def read(pieces: list[bytes]) -> tuple[bytes, Source]:
+    source = Source(pieces)
+    return b"".join(_dechunked(source)), source  # type: ignore[arg-type]
+
+
+def test_payload_of_a_body_in_one_piece():
+    payload, source = read([chunked(PAYLOADS)])
+    assert payload == b"".join(PAYLOADS)
+    assert source.closed  # the connection can go back to the pool
+
+
+def test_payload_however_the_body_is_split():
+    body = chunked(PAYLOADS, b"X-Trailer: 1\r\n")
+    rng = random.Random(14)
+    for cut in range(len(body) + 1):
+        assert read([body[:cut], body[cut:]])[0] == b"".join(PAYLOADS), cut
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, len(body)), rng.randint(1, 12)))
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        payload, source = read(pieces)
+        assert payload == b"".join(PAYLOADS) and source.closed, pieces
+
+
+def test_nothing_is_read_past_the_end_of_the_body():
+    source = Source([chunked([b"hi"]), b"next response"])
+    assert b"".join(_dechunked(source)) == b"hi"  # type: ignore[arg-type]
+    assert source.closed
+
+
+def test_a_body_cut_short_is_a_disconnect():
+    body = chunked(PAYLOADS)
+    for cut in (0, 5, len(body) // 2, len(body) - 1):
+        with pytest.raises(ProviderDisconnected):
+            read([body[:cut]])
+
+
+def test_a_malformed_size_line_is_a_disconnect():
+    with pytest.raises(ProviderDisconnected):
+        read([b"zz\r\nhello\r\n0\r\n\r\n"])
+    with pytest.raises(ProviderDisconnected):
+        read([b"1" * 5000])

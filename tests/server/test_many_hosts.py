@@ -1,0 +1,220 @@
+"""Stops across hosts through Redis: two gunicorn masters (two "hosts": separate run
+directories, so the unix-socket path between their workers cannot help), one database
+file, one redis-server of the tests' own that the tests block, kill and start again.
+
+Bounds are generous (a loaded CI machine must not flake); bench/cross_host.py measures
+milliseconds.
+"""
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+import requests
+from conftest import Server
+from wire import AUTH, Connection, open_stream
+
+from tests.redis_server import RedisServer
+
+SOON_S = 1.0  # "closed at once", generously
+BACK_S = 15.0  # listeners resubscribe within their backoff (at most 2 s) after Redis is back
+LONG = "[demo tokens=2000 gap=0.02]"  # 40 s: stopped long before it ends
+
+
+@pytest.fixture(scope="module")
+def bus_redis() -> Iterator[RedisServer]:
+    """A redis-server of this module's own."""
+    process = RedisServer()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def hosts(upstream, bus_redis: RedisServer) -> Iterator[tuple[Server, Server]]:
+    """Hosts A and B, two workers each, sharing A's database and the Redis."""
+    settings = {"STOPWIRE_REDIS_URL": bus_redis.url, "STOPWIRE_HEARTBEAT_S": "0.3"}
+    a = Server(upstream.url, workers=2, **settings)
+    try:
+        b = Server(upstream.url, workers=2, STOPWIRE_DATABASE=str(a.database), **settings)
+    except BaseException:
+        a.close()
+        raise
+    wait_subscribed(bus_redis, 4)
+    yield a, b
+    b.close()
+    a.close()
+
+
+@pytest.fixture
+def redis_client(bus_redis: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client of the module's Redis."""
+    client = redis.Redis.from_url(bus_redis.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def wait_subscribed(bus_redis: RedisServer, listeners: int, timeout: float = BACK_S) -> None:
+    """Wait until `listeners` workers are subscribed to the stop channel."""
+    client = redis.Redis.from_url(bus_redis.url, decode_responses=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if dict(client.pubsub_numsub("stopwire:stops")).get("stopwire:stops") == listeners:
+                    return
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise AssertionError(f"{listeners} listeners never subscribed")
+
+
+def marker() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def streamed_text(events) -> str:
+    return "".join(e.data["text"] for e in events if e.event == "token")
+
+
+def stop_request(host: Server, conn: Connection, **body) -> requests.Response:
+    url = f"{host.url}/api/generations/{conn.meta['generation_id']}/stop"
+    return requests.post(url, json=body, headers=AUTH, timeout=15)
+
+
+def saved_answer(host: Server, conn: Connection) -> dict:
+    """The assistant message a stream wrote, as the database holds it now."""
+    url = f"{host.url}/api/conversations/{conn.meta['conversation_id']}"
+    saved = requests.get(url, headers=AUTH, timeout=10).json()
+    return next(m for m in saved["messages"] if m["id"] == conn.meta["message_id"])
+
+
+def assert_bus_down(response: requests.Response) -> None:
+    """A cross-host stop while the bus is down: a 503 to retry, with a JSON error."""
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "1"
+    error = response.json()["error"]
+    assert error["type"] == "unavailable" and "retry" in error["message"], error
+
+
+def assert_stopped_by_user(done, seen: str, saved: dict) -> None:
+    assert done.event == "done" and done.data["status"] == "stopped", done
+    assert done.data["reason"] == "user_stop"
+    assert (saved["status"], saved["reason"], saved["content"]) == ("stopped", "user_stop", seen)
+
+
+def test_a_stop_on_another_host_closes_the_provider_and_keeps_what_was_seen(hosts, upstream):
+    a, b = hosts
+    prompt = marker()
+    conn = open_stream(a.url, f"{prompt} {LONG}")
+    seen = streamed_text(conn.events(tokens=5))
+    stopped_at = time.monotonic()
+    answer = stop_request(b, conn, seen_chars=len(seen) - 4)
+    assert answer.status_code == 200, answer.text
+    summary = answer.json()
+    assert (summary["status"], summary["reason"]) == ("stopped", "user_stop")
+    assert summary["generation_id"] == conn.meta["generation_id"]
+    assert summary["receipt"]["signal"] == "user_stop"
+    assert summary["receipt"]["stop_to_close_ms"] < SOON_S * 1000
+    record = upstream.ended(prompt)
+    assert record["ended"] == "client_closed"
+    assert record["client_closed_at"] - stopped_at < SOON_S
+    done = conn.events()[-1]
+    assert done.data == summary  # the stream's own end says the same
+    assert_stopped_by_user(done, seen[:-4], saved_answer(b, conn))
+    again = stop_request(b, conn)  # idempotent, still from the other host
+    assert again.status_code == 200 and again.json()["status"] == "stopped"
+
+
+def test_another_users_answer_is_unknown_on_the_other_host_too(hosts, upstream):
+    a, b = hosts
+    prompt = marker()
+    conn = open_stream(a.url, f"{prompt} {LONG}")
+    conn.events(tokens=2)
+    url = f"{b.url}/api/generations/{conn.meta['generation_id']}/stop"
+    other = {"Authorization": "Bearer someone-else"}
+    # A wrong key is a 401; a stranger with the page's cookie is a different user: 404.
+    assert requests.post(url, json={}, headers=other, timeout=15).status_code == 401
+    stranger = requests.Session()
+    stranger.get(f"{b.url}/", timeout=10)  # the page issues the anonymous cookie
+    refused = stranger.post(url, json={}, timeout=15, headers={"Origin": b.url})
+    assert refused.status_code == 404, refused.text
+    assert upstream.record(prompt)["ended"] == "streaming"
+    assert stop_request(b, conn).status_code == 200
+    conn.events()
+
+
+def test_an_unknown_id_is_a_404_from_every_host(hosts):
+    for host in hosts:
+        response = requests.post(
+            f"{host.url}/api/generations/gen_unknown/stop", json={}, headers=AUTH, timeout=15
+        )
+        assert response.status_code == 404, response.text
+
+
+def test_a_stop_published_while_the_holder_is_not_subscribed_applies_when_it_is_back(
+    hosts, upstream, bus_redis, redis_client
+):
+    a, b = hosts
+    prompt = marker()
+    conn = open_stream(a.url, f"{prompt} {LONG}")
+    seen = streamed_text(conn.events(tokens=4))
+    # Every listener is cut off and may not subscribe again: the stop's message is lost.
+    redis_client.execute_command("ACL", "SETUSER", "default", "-subscribe")
+    try:
+        redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        wait_subscribed(bus_redis, 0)
+        assert_bus_down(stop_request(b, conn, seen_chars=len(seen)))
+        assert upstream.record(prompt)["ended"] == "streaming"  # recorded, not yet applied
+        key = f"stopwire:stop:{conn.meta['generation_id']}"
+        assert redis_client.hgetall(key) == {"key:tester": str(len(seen))}
+    finally:
+        redis_client.execute_command("ACL", "SETUSER", "default", "+subscribe")
+    # Back on the channel, the holder re-reads the records of what it streams.
+    record = upstream.ended(prompt, timeout=BACK_S)
+    assert record["ended"] == "client_closed"
+    done = conn.events()[-1]
+    assert_stopped_by_user(done, seen, saved_answer(b, conn))
+    wait_subscribed(bus_redis, 4)
+    retry = stop_request(b, conn, seen_chars=len(seen))  # the page's retry gets the summary
+    assert retry.status_code == 200 and retry.json() == done.data
+
+
+def test_redis_stopped_and_started_mid_traffic(hosts, upstream, bus_redis):
+    a, b = hosts
+    prompts = [marker() for _ in range(6)]
+    conns = [open_stream(a.url, f"{p} {LONG}") for p in prompts]
+    seen = [streamed_text(c.events(tokens=2)) for c in conns]
+    ok: list[tuple[int, dict]] = []  # every 2xx stop: (stream, summary)
+
+    def stopped(i: int, host: Server) -> requests.Response:
+        response = stop_request(host, conns[i], seen_chars=len(seen[i]))
+        if response.status_code == 200:
+            ok.append((i, response.json()))
+        return response
+
+    bus_redis.stop()
+    try:
+        # Same host: this worker or its sibling over the unix socket; Redis is not needed.
+        for i in (0, 1):
+            assert stopped(i, a).status_code == 200
+        # Another host: nobody can tell whether it streams there.
+        assert_bus_down(stopped(2, b))
+        for i in (3, 4, 5):  # the others stream on, untouched by the outage
+            assert [e.event for e in conns[i].events(tokens=2)][-1] == "token"
+    finally:
+        bus_redis.start()
+    assert upstream.record(prompts[2])["ended"] == "streaming"  # the 503 stopped nothing
+    wait_subscribed(bus_redis, 4)
+    for i in (2, 3, 4, 5):
+        response = stopped(i, b)
+        assert response.status_code == 200, response.text
+    for i, summary in ok:  # no 2xx stop was lost: each closed its provider and was saved
+        assert (summary["status"], summary["reason"]) == ("stopped", "user_stop"), summary
+        assert upstream.ended(prompts[i])["ended"] == "client_closed"
+        done = conns[i].events()[-1]
+        assert_stopped_by_user(done, seen[i], saved_answer(b, conns[i]))
+    assert sorted(i for i, _ in ok) == [0, 1, 2, 3, 4, 5]
