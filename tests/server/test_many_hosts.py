@@ -9,6 +9,7 @@ milliseconds.
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -31,20 +32,32 @@ def bus_redis() -> Iterator[RedisServer]:
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def hosts(upstream, bus_redis: RedisServer) -> Iterator[tuple[Server, Server]]:
-    """Hosts A and B, two workers each, sharing A's database and the Redis."""
+@contextmanager
+def two_hosts(
+    upstream_url: str, bus_redis: RedisServer, database: str = ""
+) -> Iterator[tuple[Server, Server]]:
+    """Hosts A and B (two gunicorn masters, two workers each, separate run directories)
+    sharing A's database and one Redis, every stop listener subscribed."""
     settings = {"STOPWIRE_REDIS_URL": bus_redis.url, "STOPWIRE_HEARTBEAT_S": "0.3"}
-    a = Server(upstream.url, workers=2, **settings)
+    a = Server(upstream_url, workers=2, database=database, **settings)
     try:
-        b = Server(upstream.url, workers=2, STOPWIRE_DATABASE=str(a.database), **settings)
+        b = Server(upstream_url, workers=2, STOPWIRE_DATABASE=str(a.database), **settings)
     except BaseException:
         a.close()
         raise
-    wait_subscribed(bus_redis, 4)
-    yield a, b
-    b.close()
-    a.close()
+    try:
+        wait_subscribed(bus_redis, 4)
+        yield a, b
+    finally:
+        b.close()
+        a.close()  # last: it owns the database
+
+
+@pytest.fixture(scope="module")
+def hosts(upstream, bus_redis: RedisServer) -> Iterator[tuple[Server, Server]]:
+    """Hosts A and B, sharing A's SQLite database and the Redis."""
+    with two_hosts(upstream.url, bus_redis) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ROOT, Server, free_port, wait_for_port
-from test_many_hosts import wait_subscribed
+from test_many_hosts import two_hosts
 from wire import AUTH, Connection, open_stream
 
 from tests.redis_server import RedisServer
@@ -108,17 +108,8 @@ def bus_redis() -> Iterator[RedisServer]:
 def hosts(upstream, bus_redis: RedisServer) -> Iterator[tuple[Server, Server]]:
     """Hosts A and B, two workers each, one PostgreSQL database, one Redis."""
     nginx_or_skip()  # before paying for two hosts
-    settings = {"STOPWIRE_REDIS_URL": bus_redis.url, "STOPWIRE_HEARTBEAT_S": "0.3"}
-    a = Server(upstream.url, workers=2, database="postgresql", **settings)
-    try:
-        b = Server(upstream.url, workers=2, STOPWIRE_DATABASE=str(a.database), **settings)
-    except BaseException:
-        a.close()
-        raise
-    wait_subscribed(bus_redis, 4)
-    yield a, b
-    b.close()
-    a.close()  # drops the database last
+    with two_hosts(upstream.url, bus_redis, database="postgresql") as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
