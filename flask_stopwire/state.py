@@ -141,6 +141,7 @@ class StopwireState:
         user_id: str,
         generation_id: str = "",
         options: dict[str, Any] | None = None,
+        grace_s: float = 0.0,
     ) -> Generation:
         """`user_id`'s generation, ready to run (nothing starts until its events are iterated)."""
         generation = Generation(
@@ -152,6 +153,7 @@ class StopwireState:
             generation_id,
             options,
             user_id,
+            grace_s,
         )
         if self.bus is not None:
             generation.before_call = self.bus.check  # a stop recorded before it started
@@ -168,19 +170,25 @@ class StopwireState:
     def run(
         self, generation: Generation, client_sock: Any, message_id: str = "", prefix: str = ""
     ) -> Iterator[RelayEvent]:
-        """The generation's events, stoppable by id (from any worker) while it runs,
-        and saved into `message_id` (after `prefix`) when one is given."""
+        """The generation's first viewer's events. From then until it ends the
+        generation is stoppable by id (from any worker) and viewable again
+        (`view`), and saved into `message_id` (after `prefix`) when one is given."""
         self.start()
         self.registry.add(generation)
         if message_id:
             self.recorder.track(generation, message_id, prefix)
         self.metrics.active.inc()
-        try:
-            yield from generation.events(client_sock)
-        finally:
-            self.metrics.active.dec()
-            self.registry.finish(generation)
-            self._release_slot(generation.id)
+        yield from generation.events(client_sock)
+
+    def view(
+        self, user_id: str, generation_id: str, after: int, client_sock: Any
+    ) -> Iterator[RelayEvent] | None:
+        """A returning viewer's events from character `after` on, of a generation that
+        streams on this worker or a sibling; None when none holds it for `user_id`."""
+        generation = self.registry.live(user_id, generation_id)
+        if generation is not None:
+            return generation.events(client_sock, after)
+        return self.peers.view_elsewhere(user_id, generation_id, after, client_sock)
 
     def stop(
         self, user_id: str, generation_id: str, seen_chars: int | None
@@ -220,8 +228,13 @@ class StopwireState:
             self.store.release_slot(generation_id)
 
     def _ended(self, generation: Generation) -> bool:
+        """Record a generation's end, once, whichever viewer (or none) was there."""
+        generation.saved = self.recorder.finish(generation)
         self.metrics.ended(generation, self.settings.provider, self.provider.model)
-        return self.recorder.finish(generation)
+        self.metrics.active.dec()
+        self.registry.finish(generation)
+        self._release_slot(generation.id)
+        return generation.saved
 
     def _provider_session(self) -> requests.Session:
         # Per process, after gunicorn forked and gevent patched the worker.

@@ -1,22 +1,26 @@
-"""The relay: one generation streamed from a provider to one client, stoppable at once.
+"""The relay: one generation streamed from a provider to its viewers, stoppable at once.
 
-Two greenlets and a watcher per generation; whichever ends first ends the others:
+A pump greenlet per generation, and per viewer a handler greenlet and a watcher:
 
-- the **handler** greenlet iterates `Generation.events()` (a wire format encodes them
-  and gunicorn writes the bytes): it sleeps until the pump has text for it, the
-  outcome is decided or a heartbeat is due, and sends everything that piled up
-  meanwhile as one frame;
-- the **pump** greenlet opens the provider stream and parses it into a list of
-  pending text, waking the handler when it sleeps;
-- the **watcher** (two loop watchers, not a greenlet: relay/disconnect.py) sees the
-  client's socket close.
+- the **pump** greenlet opens the provider stream and parses it into the list of
+  text received, waking the viewers that sleep; it records the outcome when it ends;
+- a **viewer**'s handler greenlet iterates `Generation.events()` (a wire format
+  encodes them and the server writes them): it sleeps until there is text it has not
+  sent, the outcome is decided or a heartbeat is due, and sends everything that
+  piled up meanwhile as one frame. Its events carry the character offset they end
+  at, so a viewer that comes back (`after=`) gets exactly what it missed;
+- a viewer's **watcher** (two loop watchers, not a greenlet: relay/disconnect.py)
+  sees its client's socket close.
+
+When the last viewer leaves, the generation stops at once, unless it was given a
+grace (`grace_s`): then it runs on that long for a viewer to come back.
 
 A stop (the client left, or asked) decides the outcome, shuts the provider socket down
 (the provider sees our FIN at once) and kills the pump. The GreenletExit lands in the
 pump's blocked read (or connect, before the provider has answered) and the connection
 is closed in the pump's own greenlet: never by a cross-greenlet `Response.close()`,
-which fails on a read in progress. The handler's
-`finally` closes the watcher before gunicorn reads the next keep-alive request.
+which fails on a read in progress. A viewer's `finally` closes its watcher before
+gunicorn reads the next keep-alive request.
 
 Race rule: the first outcome decided wins. A stop that arrives after the provider's
 final event was parsed reports `complete`; a stop before it reports `stopped`.
@@ -28,7 +32,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -77,11 +81,38 @@ class Outcome:
 class RelayEvent:
     """What the relay tells its client, before a wire format encodes it.
 
-    kind: meta | token (data: the text) | keepalive | error | done
+    kind: meta | token (data: the text) | keepalive | error | done;
+    at: the number of characters of the answer sent once this event is (its id).
     """
 
     kind: str
     data: Any = None
+    at: int = field(default=0, compare=False)  # where, not what: equal events may differ
+
+
+class Viewer:
+    """One client reading a generation: what it was sent, and its wake-up.
+
+    `gone` once its client left; `waiter` while its handler sleeps.
+    """
+
+    __slots__ = ("chunks", "at", "gone", "waiter", "last_sent", "heartbeat_due", "timer")
+
+    def __init__(self, chunks: int, at: int):
+        self.chunks = chunks  # how many received chunks it was sent
+        self.at = at  # how many characters it was sent
+        self.gone = False
+        self.waiter: Waiter | None = None
+        self.last_sent = time.monotonic()
+        self.heartbeat_due = False
+        self.timer: Any = None  # a hub timer while it relays
+
+    def wake(self) -> None:
+        """Wake its handler if it sleeps (from any greenlet: the switch runs in the hub)."""
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            get_hub().loop.run_callback(waiter.switch, None)
 
 
 def new_generation_id() -> str:
@@ -102,6 +133,7 @@ class Generation:
         generation_id: str = "",
         options: dict[str, Any] | None = None,
         user_id: str = "",
+        grace_s: float = 0.0,
     ):
         self.id = generation_id or new_generation_id()
         self.user_id = user_id  # only its owner may stop it
@@ -112,6 +144,8 @@ class Generation:
         self.settings = settings
         self.options = options
         self.on_end = on_end
+        self.grace_s = grace_s  # how long it runs on with no viewer
+        self.discard = False  # a stopped answer keeps no text (`on_stop: discard`)
         # Called by the pump right before the provider call (a stop recorded elsewhere).
         self.before_call: Callable[[Generation], None] | None = None
         self.seen_chars: int | None = None
@@ -123,118 +157,145 @@ class Generation:
         self.first_token_at: float | None = None
         self.ended_at: float | None = None
         self.heartbeats = 0
-        self.delivered_tokens = 0
         self.stop_at: float | None = None
         self.closed_at: float | None = None
         self.tokens_after_stop = 0
+        # Every chunk of text the pump parsed before the outcome: each viewer sends
+        # what it has not yet, waking from its own Waiter (no queue, no Timeout per wait).
         self._received: list[str] = []
+        self._chars = 0
+        self._viewers: list[Viewer] = []
+        self._grace_timer: Any = None
         self._response: requests.Response | None = None
-        # Text the pump parsed and the handler has not sent yet, and the handler's
-        # Waiter while it sleeps: no queue, no Timeout per wait, one wake-up per burst.
-        self._pending: list[str] = []
-        self._sleeping: Waiter | None = None
-        self._heartbeat_due = False
-        self._last_sent = 0.0  # monotonic time the handler last sent something
-        self._heartbeat_timer: Any = None  # a hub timer while the handler relays
         self._pump = gevent.Greenlet(self._read_provider)
+        self._pumping = False
 
-    # -- the handler greenlet ------------------------------------------------------
+    # -- a viewer's handler greenlet ---------------------------------------------------
 
-    def events(self, client_sock: Any = None) -> Iterator[RelayEvent]:
-        """meta, then tokens and keepalives, then error and done; wire formats encode them.
+    def events(self, client_sock: Any = None, after: int | None = None) -> Iterator[RelayEvent]:
+        """One viewer's events: meta, then tokens and keepalives, then error and done.
 
-        Everything starts and ends in here: a generator that is never iterated
-        must not have spawned anything, as its `finally` would never run.
+        `after` (characters a returning viewer already has) skips meta and the text it
+        was sent. Everything starts and ends in here: a generator that is never
+        iterated must not have spawned anything, as its `finally` would never run.
         """
+        viewer = self._attach()
+        missed = self.text()[after or 0 :]  # what it lacks of the text received so far
         watcher = None
         try:
             if client_sock is not None:
                 # Two heartbeats unacknowledged: the client's network is gone.
                 disconnect.give_up_after(client_sock, 2 * self.settings.heartbeat_s)
-                watcher = disconnect.Watch(client_sock, self._client_gone)
-            self._pump.start()
-            yield RelayEvent("meta", self.meta)
-            yield from self._relay_tokens()
-            yield from self._final_events()
+                watcher = disconnect.Watch(client_sock, lambda: self._leave(viewer))
+            if not self._pumping:
+                self._pumping = True
+                self._pump.start()
+            if after is None:
+                yield RelayEvent("meta", self.meta)
+            if missed:
+                yield RelayEvent("token", missed, viewer.at)
+            yield from self._relay_tokens(viewer)
+            if not viewer.gone:
+                yield from self._final_events(viewer)
         finally:
             if watcher is not None:
                 watcher.close()
-            # Still undecided here means the server closed us after a failed write.
-            self.stop("client_disconnect")
+            # Still attached here means the server closed us after a failed write.
+            self._leave(viewer)
             if self.stop_at is not None:
-                self._pump.join()
-            self._settle()
+                self.wait_settled(_DRAIN_S + 2)  # the provider is closed when we return
 
-    def _relay_tokens(self) -> Iterator[RelayEvent]:
-        """Tokens (what piled up, as one event) and keepalives until the outcome is decided.
+    def _attach(self) -> Viewer:
+        viewer = Viewer(len(self._received), self._chars)
+        self._viewers.append(viewer)
+        if self._grace_timer is not None:
+            self._grace_timer.close()
+            self._grace_timer = None
+        return viewer
+
+    def _leave(self, viewer: Viewer) -> None:
+        """A viewer is gone; the last one to go stops the generation, after its grace."""
+        if viewer.gone:
+            return
+        viewer.gone = True
+        viewer.wake()
+        self._viewers.remove(viewer)
+        if self._viewers or self.outcome is not None:
+            return
+        if self.grace_s <= 0:
+            self.stop("client_disconnect")
+        else:
+            self._grace_timer = get_hub().loop.timer(self.grace_s)
+            # From the hub: the stop records the outcome, which may wait for the store.
+            self._grace_timer.start(gevent.spawn, self.stop, "client_disconnect")
+
+    def _relay_tokens(self, viewer: Viewer) -> Iterator[RelayEvent]:
+        """Tokens (what piled up, as one event) and keepalives until the outcome is decided
+        or the viewer left.
 
         Text parsed before the outcome was decided always goes out before the end.
         """
         hub = get_hub()
-        self._last_sent = time.monotonic()
-        self._arm_heartbeat(self.settings.heartbeat_s)
+        viewer.last_sent = time.monotonic()
+        self._arm_heartbeat(viewer, self.settings.heartbeat_s)
         try:
-            while True:
-                if self._pending:
-                    texts, self._pending = self._pending, []
-                    self.delivered_tokens += len(texts)
-                    self._last_sent = time.monotonic()
-                    yield RelayEvent("token", texts[0] if len(texts) == 1 else "".join(texts))
+            while not viewer.gone:
+                if viewer.chunks < len(self._received):
+                    texts = self._received[viewer.chunks :]
+                    viewer.chunks += len(texts)
+                    text = texts[0] if len(texts) == 1 else "".join(texts)
+                    viewer.at += len(text)
+                    viewer.last_sent = time.monotonic()
+                    yield RelayEvent("token", text, viewer.at)
                 elif self.outcome is not None:
                     return
-                elif self._heartbeat_due:
-                    self._heartbeat_due = False
+                elif viewer.heartbeat_due:
+                    viewer.heartbeat_due = False
                     self.heartbeats += 1
-                    self._last_sent = time.monotonic()
-                    yield RelayEvent("keepalive")
+                    viewer.last_sent = time.monotonic()
+                    yield RelayEvent("keepalive", None, viewer.at)
                 else:
-                    self._sleeping = waiter = Waiter(hub)
+                    viewer.waiter = waiter = Waiter(hub)
                     try:
                         waiter.get()
                     finally:
-                        self._sleeping = None
+                        viewer.waiter = None
         finally:
-            if self._heartbeat_timer is not None:
-                self._heartbeat_timer.close()
-                self._heartbeat_timer = None
+            if viewer.timer is not None:
+                viewer.timer.close()
+                viewer.timer = None
 
-    def _arm_heartbeat(self, after_s: float) -> None:
-        if self._heartbeat_timer is not None:
-            self._heartbeat_timer.close()
-        self._heartbeat_timer = get_hub().loop.timer(max(after_s, 0.0))
-        self._heartbeat_timer.start(self._heartbeat_check)
+    def _arm_heartbeat(self, viewer: Viewer, after_s: float) -> None:
+        if viewer.timer is not None:
+            viewer.timer.close()
+        viewer.timer = get_hub().loop.timer(max(after_s, 0.0))
+        viewer.timer.start(self._heartbeat_check, viewer)
 
-    def _heartbeat_check(self) -> None:
+    def _heartbeat_check(self, viewer: Viewer) -> None:
         """In the hub: a keepalive is due once nothing was sent for a whole heartbeat.
 
         Otherwise the timer is set again for the rest of that heartbeat: a stream of
         tokens costs one timer event per heartbeat instead of a Timeout per wait.
         """
         heartbeat_s = self.settings.heartbeat_s
-        idle = time.monotonic() - self._last_sent
+        idle = time.monotonic() - viewer.last_sent
         if idle >= heartbeat_s:
-            self._heartbeat_due = True
-            self._wake()
+            viewer.heartbeat_due = True
+            viewer.wake()
             idle = 0.0
-        self._arm_heartbeat(heartbeat_s - idle)
+        self._arm_heartbeat(viewer, heartbeat_s - idle)
 
     def _wake(self) -> None:
-        """Wake the handler if it sleeps (from any greenlet: the switch runs in the hub)."""
-        waiter = self._sleeping
-        if waiter is not None:
-            self._sleeping = None
-            get_hub().loop.run_callback(waiter.switch, None)
+        for viewer in self._viewers:
+            viewer.wake()
 
-    def _final_events(self) -> Iterator[RelayEvent]:
+    def _final_events(self, viewer: Viewer) -> Iterator[RelayEvent]:
         outcome = self.outcome
         assert outcome is not None  # _relay_tokens returns only once an outcome is decided
-        if self.stop_at is not None:
-            self._pump.join()  # the receipt needs the moment the provider was closed
-        self._settle()  # recorded before the client hears the end
+        self.settled.wait()  # recorded (by the pump, as it ends) before the client hears
         if outcome.error is not None:
-            yield RelayEvent("error", outcome.error)
-        if outcome.reason != "client_disconnect":  # nobody left to tell
-            yield RelayEvent("done", self.summary())
+            yield RelayEvent("error", outcome.error, viewer.at)
+        yield RelayEvent("done", self.summary(), viewer.at)
 
     def summary(self) -> dict[str, Any]:
         """The `done` event: status, reason, usage and, for a stop, its receipt."""
@@ -270,6 +331,11 @@ class Generation:
         prompt = reported_prompt if reported_prompt else math.ceil(prompt_chars / 4)
         return Usage(prompt, self.delivered_tokens, estimated=True)
 
+    @property
+    def delivered_tokens(self) -> int:
+        """Chunks of text received before the outcome: every one goes out to the viewers."""
+        return len(self._received)
+
     def text(self) -> str:
         """Everything the provider said before the outcome was decided."""
         return "".join(self._received)
@@ -286,11 +352,16 @@ class Generation:
             self.seen_chars = seen_chars
             self._decide(Outcome(status, reason))
             self._hang_up()
-            self._pump.kill(block=False)
+            if self._pumping:
+                self._pump.kill(block=False)  # its `finally` records the outcome
+            else:
+                self._settle()  # stopped before anyone viewed it: nothing to close
         return self.outcome  # type: ignore[return-value]
 
     def kept_text(self) -> str:
         """The answer as it should be saved: what the user saw of it, if they said."""
+        if self.discard and self.outcome is not None and self.outcome.status != "complete":
+            return ""
         text = self.text()
         return text if self.seen_chars is None else text[: self.seen_chars]
 
@@ -330,12 +401,12 @@ class Generation:
         finally:
             self.settled.set()
 
-    def _client_gone(self) -> None:
-        self.stop("client_disconnect")
-
     def _decide(self, outcome: Outcome) -> None:
         if self.outcome is None:
             self.outcome = outcome
+            if self._grace_timer is not None:
+                self._grace_timer.close()
+                self._grace_timer = None
             self._wake()
 
     # -- the pump greenlet ----------------------------------------------------------
@@ -357,6 +428,7 @@ class Generation:
                 self._take(delta)
                 if delta.finished:
                     self._decide(Outcome("complete"))
+                    self._settle()  # the viewers hear the end now, not after the drain
                     _drain(response, body)
                     return
             raise ProviderDisconnected("the provider ended the stream before the answer was done")
@@ -378,6 +450,7 @@ class Generation:
                 response.close()
             if self.closed_at is None:
                 self.closed_at = time.monotonic()
+            self._settle()
 
     def _take(self, delta: Delta) -> None:
         if delta.usage is not None:
@@ -390,7 +463,7 @@ class Generation:
             if self.first_token_at is None:
                 self.first_token_at = time.monotonic()
             self._received.append(delta.text)
-            self._pending.append(delta.text)
+            self._chars += len(delta.text)
             self._wake()
 
 

@@ -6,17 +6,21 @@ from typing import Any
 from flask_stopwire.relay.generation import Generation
 
 REMEMBER = 10_000
+REPLAYABLE = 500  # ended answers whose text is kept for a returning viewer
 SETTLE_WAIT_S = 3.0
 
 
 class Registry:
     """Generation ids to live generations and, once ended, to their final summary."""
 
-    def __init__(self, remember: int = REMEMBER):
+    def __init__(self, remember: int = REMEMBER, replayable: int = REPLAYABLE):
         self._live: dict[str, Generation] = {}
         # id -> (owner, final summary)
         self._ended: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
         self._remember = remember
+        # id -> the text it kept, for the latest ended answers (saved ones are also stored)
+        self._texts: OrderedDict[str, str] = OrderedDict()
+        self._replayable = replayable
 
     def add(self, generation: Generation) -> None:
         """Make a generation stoppable by id."""
@@ -26,8 +30,24 @@ class Registry:
         """Forget a live generation, keeping its final summary for late stops."""
         self._live.pop(generation.id, None)
         self._ended[generation.id] = (generation.user_id, generation.summary())
+        self._texts[generation.id] = generation.kept_text()
         while len(self._ended) > self._remember:
             self._ended.popitem(last=False)
+        while len(self._texts) > self._replayable:
+            self._texts.popitem(last=False)
+
+    def live(self, user_id: str, generation_id: str) -> Generation | None:
+        """`user_id`'s generation `generation_id`, while it streams on this worker."""
+        generation = self._live.get(generation_id)
+        return generation if generation is not None and generation.user_id == user_id else None
+
+    def ended(self, user_id: str, generation_id: str) -> tuple[dict[str, Any], str] | None:
+        """The final summary and kept text of `user_id`'s recently ended generation."""
+        owner, summary = self._ended.get(generation_id, ("", None))
+        text = self._texts.get(generation_id)
+        if owner != user_id or summary is None or text is None:
+            return None
+        return summary, text
 
     def stop(
         self, user_id: str, generation_id: str, seen_chars: int | None = None
@@ -49,8 +69,7 @@ class Registry:
 
     def holds(self, user_id: str, generation_id: str) -> bool:
         """Whether `user_id`'s generation `generation_id` streams on this worker now."""
-        generation = self._live.get(generation_id)
-        return generation is not None and generation.user_id == user_id
+        return self.live(user_id, generation_id) is not None
 
     def interrupt_all(self) -> int:
         """Interrupt every live generation (the worker is shutting down)."""
