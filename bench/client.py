@@ -103,7 +103,7 @@ class Stream:
         if not self._head_read:
             self._read_head()
         frame = self._next_frame() or b""
-        if not frame.startswith(b"event: meta"):
+        if b"\nevent: meta\n" not in b"\n" + frame + b"\n":
             raise RuntimeError(f"expected the meta frame first, got {frame[:200]!r}")
         return json.loads(frame.split(b"data: ", 1)[1])
 

@@ -15,6 +15,7 @@ from flask_stopwire.web import health, metrics, openapi
 from flask_stopwire.web.api import api
 from flask_stopwire.web.conversations import conversations
 from flask_stopwire.web.debug import debug
+from flask_stopwire.web.generations import generations
 from flask_stopwire.web.openai import openai
 
 
@@ -64,6 +65,7 @@ class Stopwire:
         app.extensions[EXTENSION_KEY] = state
         app.register_blueprint(conversations, url_prefix=self.url_prefix)
         app.register_blueprint(api, url_prefix=self.url_prefix)
+        app.register_blueprint(generations, url_prefix=self.url_prefix)
         if state.settings.debug_stats:
             app.register_blueprint(debug, url_prefix=self.url_prefix)
         if self.openai_prefix:
@@ -73,7 +75,7 @@ class Stopwire:
                 settings.rate_limit,
                 state.store,
                 lambda: get_stopwire().identity().limit_key,
-                [api, conversations, openai],
+                [api, generations, conversations, openai],
                 lambda: get_stopwire().metrics.refused.labels("rate").inc(),
             ).init_app(app)
         if self.metrics_url:

@@ -159,6 +159,12 @@ class Settings:
         3, _count, "answers one identity may run at once; 0: no cap"
     )
     rate_limit: str = _setting("", _rate, "requests per identity, e.g. 30/minute; empty: off")
+    max_resume_grace_s: float = _setting(
+        30.0, _positive(float), "the longest resume_grace_s a request may ask for"
+    )
+    attach_timeout_s: float = _setting(
+        10.0, _positive(float), "a generation nobody views this long is dropped"
+    )
     metrics_token: str = _setting("", _text, "Bearer token for /metrics; empty: loopback only")
     debug_stats: bool = _setting(False, _flag, "serve <url_prefix>/debug/stats (tests)")
 

@@ -80,7 +80,7 @@ class StopwireState:
         self.recorder = Recorder(
             self.store, settings.flush_s, settings.lost_after_s, self.registry.live_ids
         )
-        self.peers = Peers(settings.run_dir, self.registry.stop)
+        self.peers = Peers(settings.run_dir, self.registry.stop, self._view_here)
         # Other hosts' stops, only with STOPWIRE_REDIS_URL (redis is imported on first use).
         self.bus = (
             StopBus(
@@ -92,7 +92,6 @@ class StopwireState:
         self.metrics = Metrics()
         self._session: requests.Session | None = None
         self._session_pid: int | None = None
-        self._slots: set[str] = set()  # generation ids holding a running-answer slot
         _states.add(self)
         atexit.register(_close_if_alive, weakref.ref(self))
 
@@ -113,7 +112,8 @@ class StopwireState:
         """A new generation id, within this identity's cap of running answers.
 
         ApiError 429 when the cap is reached. The slot is given back if the block
-        raises, else when the generation ends (`run`).
+        raises, else when the generation ends (on whichever worker ran it), or is
+        dropped unviewed.
         """
         generation_id = new_generation_id()
         cap = self.settings.max_active_per_user
@@ -128,11 +128,10 @@ class StopwireState:
                 f"too many answers running at once (the limit is {cap}); stop one first",
                 retry_after=1,
             )
-        self._slots.add(generation_id)
         try:
             yield generation_id
         except BaseException:
-            self._release_slot(generation_id)
+            self.store.release_slot(generation_id)
             raise
 
     def new_generation(
@@ -159,6 +158,18 @@ class StopwireState:
             generation.before_call = self.bus.check  # a stop recorded before it started
         return generation
 
+    def generation_for(self, request: dict[str, Any]) -> Generation:
+        """The generation a request (`web.api.ask`) describes, ready to run."""
+        messages = [Message(role, content) for role, content in request["messages"]]
+        generation = self.new_generation(
+            messages, request["user_id"], request["generation_id"], grace_s=request["grace_s"]
+        )
+        generation.discard = request["discard"]
+        generation.meta.update(
+            conversation_id=request["conversation_id"], message_id=request["message_id"]
+        )
+        return generation
+
     def live_fields(self, generation_id: str) -> dict[str, str]:
         """What a streaming answer records about who writes it."""
         return {
@@ -168,7 +179,12 @@ class StopwireState:
         }
 
     def run(
-        self, generation: Generation, client_sock: Any, message_id: str = "", prefix: str = ""
+        self,
+        generation: Generation,
+        client_sock: Any,
+        message_id: str = "",
+        prefix: str = "",
+        after: int | None = None,
     ) -> Iterator[RelayEvent]:
         """The generation's first viewer's events. From then until it ends the
         generation is stoppable by id (from any worker) and viewable again
@@ -178,17 +194,23 @@ class StopwireState:
         if message_id:
             self.recorder.track(generation, message_id, prefix)
         self.metrics.active.inc()
-        yield from generation.events(client_sock)
+        yield from generation.events(client_sock, after)
 
     def view(
-        self, user_id: str, generation_id: str, after: int, client_sock: Any
+        self, user_id: str, generation_id: str, after: int | None, client_sock: Any
     ) -> Iterator[RelayEvent] | None:
         """A returning viewer's events from character `after` on, of a generation that
         streams on this worker or a sibling; None when none holds it for `user_id`."""
+        viewing = self._view_here(user_id, generation_id, after, client_sock)
+        if viewing is None:
+            viewing = self.peers.view_elsewhere(user_id, generation_id, after, client_sock)
+        return viewing
+
+    def _view_here(
+        self, user_id: str, generation_id: str, after: int | None, client_sock: Any
+    ) -> Iterator[RelayEvent] | None:
         generation = self.registry.live(user_id, generation_id)
-        if generation is not None:
-            return generation.events(client_sock, after)
-        return self.peers.view_elsewhere(user_id, generation_id, after, client_sock)
+        return None if generation is None else generation.events(client_sock, after)
 
     def stop(
         self, user_id: str, generation_id: str, seen_chars: int | None
@@ -222,18 +244,14 @@ class StopwireState:
             self._session = None
         _states.discard(self)
 
-    def _release_slot(self, generation_id: str) -> None:
-        if generation_id in self._slots:
-            self._slots.discard(generation_id)
-            self.store.release_slot(generation_id)
-
     def _ended(self, generation: Generation) -> bool:
         """Record a generation's end, once, whichever viewer (or none) was there."""
         generation.saved = self.recorder.finish(generation)
         self.metrics.ended(generation, self.settings.provider, self.provider.model)
         self.metrics.active.dec()
         self.registry.finish(generation)
-        self._release_slot(generation.id)
+        if self.settings.max_active_per_user:
+            self.store.release_slot(generation.id)
         return generation.saved
 
     def _provider_session(self) -> requests.Session:

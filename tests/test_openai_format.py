@@ -11,23 +11,33 @@ def relay(*events):
     yield from events
 
 
-def test_our_sse_encoding_numbers_token_frames():
-    events = relay(
-        RelayEvent("meta", {"generation_id": "gen_1"}),
-        RelayEvent("token", "Hi"),
-        RelayEvent("keepalive"),
-        RelayEvent("token", " there"),
-        RelayEvent("error", {"type": "provider_timeout", "message": "slow"}),
-        RelayEvent("done", {"status": "error"}),
+def sample_events():
+    return relay(
+        RelayEvent("meta", {"generation_id": "gen_1"}, 0),
+        RelayEvent("token", "Hi", 2),
+        RelayEvent("keepalive", None, 2),
+        RelayEvent("token", " there", 8),
+        RelayEvent("error", {"type": "provider_timeout", "message": "slow"}, 8),
+        RelayEvent("done", {"status": "error"}, 8),
     )
-    assert b"".join(sse.encode(events)) == (
-        b'event: meta\ndata: {"generation_id":"gen_1"}\n\n'
-        b'id: 1\nevent: token\ndata: {"text":"Hi"}\n\n'
+
+
+def test_our_sse_encoding_ids_events_by_the_characters_sent():
+    assert b"".join(sse.encode(sample_events())) == (
+        b'id: 0\nevent: meta\ndata: {"generation_id":"gen_1"}\n\n'
+        b'id: 2\nevent: token\ndata: {"text":"Hi"}\n\n'
         b": keepalive\n\n"
-        b'id: 2\nevent: token\ndata: {"text":" there"}\n\n'
-        b'event: error\ndata: {"error":{"type":"provider_timeout","message":"slow"}}\n\n'
-        b'event: done\ndata: {"status":"error"}\n\n'
+        b'id: 8\nevent: token\ndata: {"text":" there"}\n\n'
+        b'id: 8\nevent: error\ndata: {"error":{"type":"provider_timeout","message":"slow"}}\n\n'
+        b'id: end\nevent: done\ndata: {"status":"error"}\n\n'
     )
+
+
+def test_for_eventsource_a_retry_hint_and_named_heartbeats():
+    body = b"".join(sse.encode(sample_events(), retry_ms=1500))
+    assert body.startswith(b"retry: 1500\n\nid: 0\nevent: meta\n")
+    assert b"id: 2\nevent: heartbeat\ndata: {}\n\n" in body
+    assert b": keepalive" not in body
 
 
 def test_encoding_closes_the_relay_when_closed_early():

@@ -13,6 +13,7 @@ from typing import Any
 from sseclient import Event, SSEClient
 
 KEEPALIVE = b": keepalive\n\n"
+END_ID = "end"  # the id of `done`: a viewer that comes back after it gets 204
 
 
 # One encoder for every frame: `json.dumps` with options builds a new one per call.
@@ -20,7 +21,7 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 compact_json = _JSON.encode
 
 
-def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
+def frame(event: str, data: Any, event_id: int | str | None = None) -> bytes:
     """Encode one SSE frame whose data is `data` as compact JSON.
 
     JSON never contains a raw newline, so one `data:` line always suffices.
@@ -36,20 +37,31 @@ def token_frame(text: str, event_id: int) -> bytes:
     return f'id: {event_id}\nevent: token\ndata: {{"text":{data}}}\n\n'.encode("utf-8", "replace")
 
 
-def encode(relay_events: Generator[Any, None, None]) -> Iterator[bytes]:
-    """Stopwire's own wire format for relay events; token ids count the token frames."""
-    sequence = 0
+def encode(
+    relay_events: Generator[Any, None, None], retry_ms: int | None = None
+) -> Iterator[bytes]:
+    """Stopwire's own wire format for relay events.
+
+    Every event's id is the number of characters of the answer sent once it is
+    (`done`'s is END_ID), which a returning viewer sends back as `Last-Event-ID`.
+    With `retry_ms` (for `EventSource`): a reconnection delay first, and heartbeats
+    as named events, since comments never reach JavaScript.
+    """
+    named_heartbeats = retry_ms is not None
     try:
+        if named_heartbeats:
+            yield f"retry: {retry_ms}\n\n".encode()
         for event in relay_events:
-            if event.kind == "keepalive":
-                yield KEEPALIVE
-            elif event.kind == "token":
-                sequence += 1
-                yield token_frame(event.data, sequence)
+            if event.kind == "token":
+                yield token_frame(event.data, event.at)
+            elif event.kind == "keepalive":
+                yield frame("heartbeat", {}, event.at) if named_heartbeats else KEEPALIVE
             elif event.kind == "error":
-                yield frame("error", {"error": event.data})
+                yield frame("error", {"error": event.data}, event.at)
+            elif event.kind == "done":
+                yield frame("done", event.data, END_ID)
             else:
-                yield frame(event.kind, event.data)
+                yield frame(event.kind, event.data, event.at)
     finally:
         relay_events.close()  # a `for` loop would leave the relay's cleanup to the GC
 

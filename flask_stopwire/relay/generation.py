@@ -96,7 +96,7 @@ class Viewer:
     `gone` once its client left; `waiter` while its handler sleeps.
     """
 
-    __slots__ = ("chunks", "at", "gone", "waiter", "last_sent", "heartbeat_due", "timer")
+    __slots__ = ("at", "chunks", "gone", "heartbeat_due", "last_sent", "timer", "waiter")
 
     def __init__(self, chunks: int, at: int):
         self.chunks = chunks  # how many received chunks it was sent

@@ -79,6 +79,18 @@ MIGRATIONS = [
     );
     CREATE INDEX running_generations_by_key ON running_generations (limit_key)
     """,
+    # 5: generations asked for and not yet viewed (the EventSource transport): any
+    # worker may take one and run it; nobody within `expires_at`, it is dropped
+    """
+    CREATE TABLE pending_generations (
+        generation_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        message_id TEXT,
+        request TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX pending_generations_by_expiry ON pending_generations (expires_at)
+    """,
 ]
 
 

@@ -132,15 +132,38 @@ class SqlStore:
     # -- a generation's life ------------------------------------------------------------
 
     def begin_turn(
-        self, user_id: str, conversation_id: str | None, content: str, live: dict
+        self,
+        user_id: str,
+        conversation_id: str | None,
+        content: str,
+        live: dict,
+        pending: tuple[dict, float] | None = None,
     ) -> dict:
         """Save the user's message and an empty `streaming` answer, atomically, and return
         their ids with the conversation's messages as they now stand.
 
         Creates the conversation when `conversation_id` is None. Raises KeyError for
-        an unknown conversation, Conflict when one of its answers is still streaming.
+        an unknown conversation, Conflict when one of its answers is still streaming
+        (or pending). With `pending` (a request and how long it waits) the answer is
+        `pending` instead, until a worker takes it (`take_pending`) or it expires.
         """
-        return self._run(_begin_turn, user_id, conversation_id, content, live)
+        return self._run(_begin_turn, user_id, conversation_id, content, live, pending)
+
+    def add_pending(
+        self, generation_id: str, user_id: str, message_id: str | None, request: dict, ttl_s: float
+    ) -> None:
+        """Keep a generation's request until a worker takes it, for at most `ttl_s`."""
+        self._run(_add_pending, generation_id, user_id, message_id, request, ttl_s)
+
+    def take_pending(self, user_id: str, generation_id: str, owner: str) -> dict | None:
+        """Take `user_id`'s pending generation to run it (its answer becomes `streaming`,
+        claimed by `owner`); None when there is none, another worker took it, or it
+        expired."""
+        return self._run(_take_pending, user_id, generation_id, owner)
+
+    def find_answer(self, user_id: str, generation_id: str) -> dict[str, Any] | None:
+        """The answer `user_id`'s generation writes or wrote, or None."""
+        return self._run(_find_answer, user_id, generation_id)
 
     def restart_answer(
         self, user_id: str, conversation_id: str, message_id: str, keep: bool, live: dict
@@ -205,6 +228,8 @@ class SqlStore:
         """Give a finished generation's slot back."""
         self._run(_release_slot, generation_id)
 
+
+NO_USAGE = json.dumps({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
 
 MESSAGE_COLUMNS = (
     "id, conversation_id, role, content, status, reason, model, usage, receipt, "
@@ -276,7 +301,7 @@ def _delete_conversation(db, user_id, conversation_id):
         return deleted.rowcount > 0
 
 
-def _begin_turn(db, user_id, conversation_id, content, live):
+def _begin_turn(db, user_id, conversation_id, content, live, pending):
     stamp = now_iso()
     with Transaction(db):
         if conversation_id is None:
@@ -290,7 +315,11 @@ def _begin_turn(db, user_id, conversation_id, content, live):
         else:
             _check_idle(db, user_id, conversation_id)
         question_id = _insert_message(db, conversation_id, "user", content, "complete", stamp, {})
-        answer_id = _insert_message(db, conversation_id, "assistant", "", "streaming", stamp, live)
+        status = "streaming" if pending is None else "pending"
+        answer_id = _insert_message(db, conversation_id, "assistant", "", status, stamp, live)
+        if pending is not None:
+            request, ttl_s = pending
+            _insert_pending(db, live["generation_id"], user_id, answer_id, request, ttl_s)
         db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (stamp, conversation_id))
         messages = _messages(db, conversation_id)
     return {
@@ -312,7 +341,8 @@ def _check_idle(db, user_id, conversation_id):
     if exists is None:
         raise KeyError(conversation_id)
     busy = db.execute(
-        "SELECT 1 AS found FROM messages WHERE conversation_id = ? AND status = 'streaming'",
+        "SELECT 1 AS found FROM messages "
+        "WHERE conversation_id = ? AND status IN ('streaming', 'pending')",
         (conversation_id,),
     ).fetchone()
     if busy is not None:
@@ -418,11 +448,75 @@ def _heartbeat(db, claims, texts, stale_s, slots, sweep):
                 "WHERE status = 'streaming' AND heartbeat_at < ?",
                 (now - stale_s,),
             ).rowcount
+        _expire_pending(db, now)
         return db.execute(
             "UPDATE messages SET status = 'interrupted', reason = 'worker_lost', updated_at = ? "
             "WHERE status = 'streaming' AND heartbeat_at < ?",
             (now_iso(), now - stale_s),
         ).rowcount
+
+
+def _add_pending(db, generation_id, user_id, message_id, request, ttl_s):
+    with Transaction(db):
+        _insert_pending(db, generation_id, user_id, message_id, request, ttl_s)
+
+
+def _insert_pending(db, generation_id, user_id, message_id, request, ttl_s):
+    db.execute(
+        "INSERT INTO pending_generations (generation_id, user_id, message_id, request, "
+        "expires_at) VALUES (?, ?, ?, ?, ?)",
+        (generation_id, user_id, message_id, json.dumps(request), time.time() + ttl_s),
+    )
+
+
+def _take_pending(db, user_id, generation_id, owner):
+    now = time.time()
+    with Transaction(db):
+        _expire_pending(db, now)
+        rows = db.execute(
+            "DELETE FROM pending_generations WHERE generation_id = ? AND user_id = ? "
+            "RETURNING message_id, request",
+            (generation_id, user_id),
+        ).fetchall()
+        if not rows:
+            return None
+        row = rows[0]
+        if row["message_id"] is not None:
+            db.execute(
+                "UPDATE messages SET status = 'streaming', owner = ?, heartbeat_at = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (owner, now, row["message_id"]),
+            )
+        return json.loads(row["request"])
+
+
+def _expire_pending(db, now):
+    """Drop the generations nobody viewed in time: their answers end empty, never
+    having asked the provider anything, and their running slots are freed."""
+    expired = db.execute(
+        "DELETE FROM pending_generations WHERE expires_at < ? RETURNING generation_id, message_id",
+        (now,),
+    ).fetchall()
+    if not expired:
+        return
+    db.executemany(
+        "UPDATE messages SET status = 'stopped', reason = 'client_disconnect', owner = NULL, "
+        "usage = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+        [(NO_USAGE, now_iso(), row["message_id"]) for row in expired if row["message_id"]],
+    )
+    db.executemany(
+        "DELETE FROM running_generations WHERE generation_id = ?",
+        [(row["generation_id"],) for row in expired],
+    )
+
+
+def _find_answer(db, user_id, generation_id):
+    row = db.execute(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE generation_id = ? AND conversation_id IN "
+        "(SELECT id FROM conversations WHERE user_id = ?)",
+        (generation_id, user_id),
+    ).fetchone()
+    return _message(row) if row else None
 
 
 def _finish_answer(db, message_id, fields):

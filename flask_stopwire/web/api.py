@@ -1,5 +1,6 @@
 """The JSON API: start a streamed answer, stop one. Errors are always JSON here."""
 
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -9,11 +10,17 @@ from flask_stopwire import history
 from flask_stopwire.formats import sse
 from flask_stopwire.providers.base import Message
 from flask_stopwire.relay.bus import StopBusDown
-from flask_stopwire.relay.generation import Generation
+from flask_stopwire.relay.generation import Generation, RelayEvent
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.store.sqlite import Conflict
 from flask_stopwire.web.errors import ApiError, register_json_errors
-from flask_stopwire.web.inputs import json_body, seen_chars, text
+from flask_stopwire.web.inputs import (
+    discard_on_stop,
+    json_body,
+    resume_grace_s,
+    seen_chars,
+    text,
+)
 
 api = Blueprint("stopwire_api", __name__)
 register_json_errors(api)
@@ -37,32 +44,65 @@ def chat() -> Response:
 
     `{"content", "conversation_id"?}` saves both turns in a conversation (a new one
     without an id); `{"messages": [...]}` is for callers that keep their own history
-    and saves nothing.
+    and saves nothing. `resume_grace_s` and `on_stop` as in `ask()`.
     """
     body = json_body(required=True)
     stopwire = get_stopwire()
+    with stopwire.admitted() as generation_id:
+        request_ = ask(body, generation_id)
+        return sse_response(stopwire.generation_for(request_))
+
+
+def ask(body: dict[str, Any], generation_id: str, wait_s: float | None = None) -> dict[str, Any]:
+    """A request to stream an answer, as JSON that any worker can run: its provider
+    messages, options, and the answer it writes (a conversation's turn is saved now).
+
+    With `wait_s` the answer is saved `pending`, for whichever worker a viewer reaches
+    within that time. `resume_grace_s`: how long the answer runs on with nobody
+    viewing it (0: a disconnect is a stop); `on_stop`: "keep" or "discard" the text
+    of a stopped answer.
+    """
+    stopwire = get_stopwire()
     user_id = stopwire.identity().user_id
     messages = _messages(body)
+    request_ = {
+        "generation_id": generation_id,
+        "user_id": user_id,
+        "grace_s": resume_grace_s(body, stopwire.settings.max_resume_grace_s),
+        "discard": discard_on_stop(body),
+        "conversation_id": None,
+        "message_id": None,
+    }
     if "messages" in body:
         if body.get("conversation_id") is not None:
             raise ApiError(400, 'send "conversation_id" with "content", not with "messages"')
-        with stopwire.admitted() as generation_id:
-            return sse_response(stopwire.new_generation(messages, user_id, generation_id))
+        request_["messages"] = [[m.role, m.content] for m in messages]
+        if wait_s is not None:
+            stopwire.store.add_pending(generation_id, user_id, None, request_, wait_s)
+        return request_
     conversation_id = body.get("conversation_id")
     if conversation_id is not None:
         text(conversation_id, '"conversation_id"')
-    with stopwire.admitted() as generation_id:
-        try:
-            turn = stopwire.store.begin_turn(
-                user_id, conversation_id, messages[0].content, stopwire.live_fields(generation_id)
-            )
-        except KeyError:
-            raise ApiError(404, f"no conversation {conversation_id!r}") from None
-        except Conflict as exc:
-            raise ApiError(409, str(exc)) from None
-        history_messages = history.provider_messages(turn["messages"])
-        generation = stopwire.new_generation(history_messages, user_id, generation_id)
-        return sse_response(generation, turn["conversation_id"], turn["message_id"])
+    pending = None if wait_s is None else (request_, wait_s)
+    try:
+        turn = stopwire.store.begin_turn(
+            user_id,
+            conversation_id,
+            messages[0].content,
+            stopwire.live_fields(generation_id),
+            pending,
+        )
+    except KeyError:
+        raise ApiError(404, f"no conversation {conversation_id!r}") from None
+    except Conflict as exc:
+        raise ApiError(409, str(exc)) from None
+    provider_messages = history.provider_messages(turn["messages"])
+    request_.update(
+        messages=[[m.role, m.content] for m in provider_messages],
+        conversation_id=turn["conversation_id"],
+        message_id=turn["message_id"],
+    )
+    return request_
 
 
 @api.post("/generations/<generation_id>/stop")
@@ -110,16 +150,24 @@ def not_found(path: str) -> Response:
     raise NotFound(f"no API endpoint {request.method} {request.path}")
 
 
-def sse_response(
-    generation: Generation, conversation_id: str = "", message_id: str = "", prefix: str = ""
-) -> Response:
-    """Stream a generation as SSE, saving it into `message_id` when there is one."""
-    generation.meta.update(conversation_id=conversation_id or None, message_id=message_id or None)
-    # gunicorn's gevent worker exposes the client socket; its sync workers another key.
-    client_sock = request.environ.get("gunicorn.sock") or request.environ.get("gunicorn.socket")
+def sse_response(generation: Generation, prefix: str = "", retry_ms: int | None = None) -> Response:
+    """Stream a generation to its first viewer as SSE, saving it into its answer, if any."""
     stopwire = get_stopwire()
-    frames = sse.encode(stopwire.run(generation, client_sock, message_id, prefix))
+    message_id = generation.meta.get("message_id") or ""
+    events = stopwire.run(generation, client_socket(), message_id, prefix)
+    return events_response(events, retry_ms)
+
+
+def events_response(events: Iterator[RelayEvent], retry_ms: int | None = None) -> Response:
+    """Relay events as an SSE response (`retry_ms`: for EventSource)."""
+    frames = sse.encode(events, retry_ms)  # type: ignore[arg-type]
     return Response(frames, mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
+def client_socket() -> Any:
+    """This request's client socket, where the server exposes it (gunicorn does)."""
+    # gunicorn's gevent worker names it one way, its sync workers another.
+    return request.environ.get("gunicorn.sock") or request.environ.get("gunicorn.socket")
 
 
 def message_summary(message: dict[str, Any]) -> dict[str, Any]:

@@ -91,7 +91,8 @@ def _restart(conversation_id: str, message_id: str, action: str) -> Response:
         except LookupError:
             raise ApiError(404, f"no message {message_id!r} in this conversation") from None
         generation = stopwire.new_generation(messages, _user_id(), generation_id)
-        return sse_response(generation, conversation_id, message_id, prefix)
+        generation.meta.update(conversation_id=conversation_id, message_id=message_id)
+        return sse_response(generation, prefix)
 
 
 def _conversation(conversation_id: str) -> dict[str, Any]:

@@ -59,6 +59,23 @@ def seen_chars(body: dict[str, Any]) -> int | None:
     return value
 
 
+def resume_grace_s(body: dict[str, Any], cap: float) -> float:
+    """The optional `resume_grace_s`: how long an answer runs on without a viewer,
+    at most `cap` (0: a disconnect stops it at once)."""
+    value = body.get("resume_grace_s", 0)
+    if type(value) not in (int, float) or not 0 <= value < float("inf"):
+        raise ApiError(400, "resume_grace_s must be a number of seconds, 0 or more")
+    return min(float(value), cap)
+
+
+def discard_on_stop(body: dict[str, Any]) -> bool:
+    """The optional `on_stop`: "keep" (the default) or "discard" the stopped text."""
+    value = body.get("on_stop", "keep")
+    if value not in ("keep", "discard"):
+        raise ApiError(400, 'on_stop must be "keep" or "discard"')
+    return value == "discard"
+
+
 def _body_bytes() -> bytes:
     try:
         raw = request.get_data(cache=True)
