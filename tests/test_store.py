@@ -90,6 +90,7 @@ def test_migrate_creates_the_schema_and_records_each_version(db_path):
         "message_versions",
         "rate_limits",
         "running_generations",
+        "pending_generations",
     }
     versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")]
     assert versions == list(range(1, len(migrations.MIGRATIONS) + 1))
@@ -97,7 +98,7 @@ def test_migrate_creates_the_schema_and_records_each_version(db_path):
 
 def test_migrate_returns_the_number_of_migrations(db_path):
     db = connect(db_path)
-    assert migrations.migrate(db) == len(migrations.MIGRATIONS) == 4
+    assert migrations.migrate(db) == len(migrations.MIGRATIONS) == 5
 
 
 def test_connect_twice_on_one_file_does_not_rerun_migrations(db_path):

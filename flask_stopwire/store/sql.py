@@ -143,9 +143,10 @@ class SqlStore:
         their ids with the conversation's messages as they now stand.
 
         Creates the conversation when `conversation_id` is None. Raises KeyError for
-        an unknown conversation, Conflict when one of its answers is still streaming
-        (or pending). With `pending` (a request and how long it waits) the answer is
-        `pending` instead, until a worker takes it (`take_pending`) or it expires.
+        an unknown conversation, Conflict when one of its answers is still streaming.
+        With `pending` (a request and how long it waits) the answer waits for a worker
+        to take it (`take_pending`), claimed by nobody until then: its heartbeat is
+        set to when it expires, so no sweep takes it for lost before.
         """
         return self._run(_begin_turn, user_id, conversation_id, content, live, pending)
 
@@ -315,8 +316,9 @@ def _begin_turn(db, user_id, conversation_id, content, live, pending):
         else:
             _check_idle(db, user_id, conversation_id)
         question_id = _insert_message(db, conversation_id, "user", content, "complete", stamp, {})
-        status = "streaming" if pending is None else "pending"
-        answer_id = _insert_message(db, conversation_id, "assistant", "", status, stamp, live)
+        if pending is not None:
+            live = {**live, "owner": None, "heartbeat_at": time.time() + pending[1]}
+        answer_id = _insert_message(db, conversation_id, "assistant", "", "streaming", stamp, live)
         if pending is not None:
             request, ttl_s = pending
             _insert_pending(db, live["generation_id"], user_id, answer_id, request, ttl_s)
@@ -341,8 +343,7 @@ def _check_idle(db, user_id, conversation_id):
     if exists is None:
         raise KeyError(conversation_id)
     busy = db.execute(
-        "SELECT 1 AS found FROM messages "
-        "WHERE conversation_id = ? AND status IN ('streaming', 'pending')",
+        "SELECT 1 AS found FROM messages WHERE conversation_id = ? AND status = 'streaming'",
         (conversation_id,),
     ).fetchone()
     if busy is not None:
@@ -366,7 +367,7 @@ def _insert_message(db, conversation_id, role, content, status, stamp, live):
             live.get("model"),
             live.get("generation_id"),
             live.get("owner"),
-            time.time() if live else None,
+            live.get("heartbeat_at", time.time()) if live else None,
             stamp,
             stamp,
         ),
@@ -483,8 +484,8 @@ def _take_pending(db, user_id, generation_id, owner):
         row = rows[0]
         if row["message_id"] is not None:
             db.execute(
-                "UPDATE messages SET status = 'streaming', owner = ?, heartbeat_at = ? "
-                "WHERE id = ? AND status = 'pending'",
+                "UPDATE messages SET owner = ?, heartbeat_at = ? "
+                "WHERE id = ? AND status = 'streaming'",
                 (owner, now, row["message_id"]),
             )
         return json.loads(row["request"])
@@ -501,7 +502,7 @@ def _expire_pending(db, now):
         return
     db.executemany(
         "UPDATE messages SET status = 'stopped', reason = 'client_disconnect', owner = NULL, "
-        "usage = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+        "usage = ?, updated_at = ? WHERE id = ? AND status = 'streaming'",
         [(NO_USAGE, now_iso(), row["message_id"]) for row in expired if row["message_id"]],
     )
     db.executemany(

@@ -79,7 +79,7 @@ def _replay(user_id: str, generation_id: str, after: int | None) -> Iterator[Rel
         answer = stopwire.store.find_answer(user_id, generation_id)
         if answer is None:
             raise ApiError(404, f"no generation {generation_id!r}")
-        if answer["status"] in ("streaming", "pending"):
+        if answer["status"] == "streaming":
             raise ApiError(503, ELSEWHERE, 1)
         ended = message_summary(answer), answer["content"]
     summary, text = ended
