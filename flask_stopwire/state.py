@@ -16,6 +16,7 @@ from typing import Any
 import requests
 from flask import Flask, current_app
 
+from flask_stopwire import history
 from flask_stopwire.identity import Identity, IdentityHook, current_identity
 from flask_stopwire.providers import make_provider
 from flask_stopwire.providers.base import Message, Provider
@@ -159,8 +160,19 @@ class StopwireState:
         return generation
 
     def generation_for(self, request: dict[str, Any]) -> Generation:
-        """The generation a request (`web.api.ask`) describes, ready to run."""
-        messages = [Message(role, content) for role, content in request["messages"]]
+        """The generation a request (`web.api.ask`) describes, ready to run.
+
+        A conversation's request saved for later holds no messages: they are read
+        now, as they stand (its new answer, empty, is left out)."""
+        if "messages" in request:
+            messages = [Message(role, content) for role, content in request["messages"]]
+        else:
+            conversation = self.store.get_conversation(
+                request["user_id"], request["conversation_id"]
+            )
+            if conversation is None:  # deleted before anyone viewed its answer
+                raise ApiError(404, f"no conversation {request['conversation_id']!r}")
+            messages = history.provider_messages(conversation["messages"])
         generation = self.new_generation(
             messages, request["user_id"], request["generation_id"], grace_s=request["grace_s"]
         )

@@ -321,6 +321,7 @@ def _begin_turn(db, user_id, conversation_id, content, live, pending):
         answer_id = _insert_message(db, conversation_id, "assistant", "", "streaming", stamp, live)
         if pending is not None:
             request, ttl_s = pending
+            request = {**request, "conversation_id": conversation_id, "message_id": answer_id}
             _insert_pending(db, live["generation_id"], user_id, answer_id, request, ttl_s)
         db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (stamp, conversation_id))
         messages = _messages(db, conversation_id)

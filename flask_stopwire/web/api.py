@@ -96,12 +96,10 @@ def ask(body: dict[str, Any], generation_id: str, wait_s: float | None = None) -
         raise ApiError(404, f"no conversation {conversation_id!r}") from None
     except Conflict as exc:
         raise ApiError(409, str(exc)) from None
-    provider_messages = history.provider_messages(turn["messages"])
-    request_.update(
-        messages=[[m.role, m.content] for m in provider_messages],
-        conversation_id=turn["conversation_id"],
-        message_id=turn["message_id"],
-    )
+    request_.update(conversation_id=turn["conversation_id"], message_id=turn["message_id"])
+    if wait_s is None:  # else read when it runs
+        provider_messages = history.provider_messages(turn["messages"])
+        request_["messages"] = [[m.role, m.content] for m in provider_messages]
     return request_
 
 

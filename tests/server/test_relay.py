@@ -39,7 +39,10 @@ def test_normal_end_streams_every_token_then_done(server, upstream):
     assert "receipt" not in done.data
     text = "".join(e.data["text"] for e in tokens)
     assert text.startswith("A stop button should stop the model") and len(text.split()) == 8
-    assert [int(e.id) for e in tokens] == list(range(1, len(tokens) + 1))
+    # Each id is how many characters were sent once that event is (what a resume sends).
+    assert [int(e.id) for e in tokens] == [
+        len("".join(e.data["text"] for e in tokens[: i + 1])) for i in range(len(tokens))
+    ]
     assert upstream.ended(prompt)["ended"] == "complete"
 
 

@@ -23,6 +23,7 @@ class Event:
     data: Any = None
     id: str | None = None
     comment: str | None = None
+    retry: int | None = None
 
 
 class Connection:
@@ -42,6 +43,13 @@ class Connection:
     def post(self, path: str, body: Any, content_type: str = "application/json") -> None:
         """Send a POST and read the response head; the body is read by `next_event`."""
         self.sock.sendall(request_bytes(self.host, path, body, content_type, self.identity))
+        self.read_head()
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> None:
+        """Send a GET and read the response head; a streamed body is read by `next_event`."""
+        extra = {**self.identity, **(headers or {})}
+        head = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{_lines(extra)}\r\n"
+        self.sock.sendall(head.encode())
         self.read_head()
 
     def get_json(self, path: str) -> Any:
@@ -162,6 +170,8 @@ def parse_frame(frame: str) -> Event:
                 event.event = value
             elif name == "id":
                 event.id = value
+            elif name == "retry":
+                event.retry = int(value)
     if data_lines:
         event.data = json.loads("\n".join(data_lines))
     return event
