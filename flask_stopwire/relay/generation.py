@@ -15,12 +15,12 @@ A pump greenlet per generation, and per viewer a handler greenlet and a watcher:
 When the last viewer leaves, the generation stops at once, unless it was given a
 grace (`grace_s`): then it runs on that long for a viewer to come back.
 
-A stop (the client left, or asked) decides the outcome, shuts the provider socket down
-(the provider sees our FIN at once) and kills the pump. The GreenletExit lands in the
-pump's blocked read (or connect, before the provider has answered) and the connection
-is closed in the pump's own greenlet: never by a cross-greenlet `Response.close()`,
-which fails on a read in progress. A viewer's `finally` closes its watcher before
-gunicorn reads the next keep-alive request.
+A stop (the client left, or asked) decides the outcome and shuts the provider socket
+down (the provider sees our FIN at once); the pump's blocked read wakes to the end of
+the stream, or, before the provider has answered, a kill lands in its connect. The
+connection is closed in the pump's own greenlet: never by a cross-greenlet
+`Response.close()`, which fails on a read in progress. A viewer's `finally` closes its
+watcher before gunicorn reads the next keep-alive request.
 
 Race rule: the first outcome decided wins. A stop that arrives after the provider's
 final event was parsed reports `complete`; a stop before it reports `stopped`.
@@ -351,11 +351,10 @@ class Generation:
             self.stop_at = time.monotonic()
             self.seen_chars = seen_chars
             self._decide(Outcome(status, reason))
-            self._hang_up()
-            if self._pumping:
-                self._pump.kill(block=False)  # its `finally` records the outcome
-            else:
+            if not self._pumping:
                 self._settle()  # stopped before anyone viewed it: nothing to close
+            elif not self._hang_up():
+                self._pump.kill(block=False)  # no socket yet: stop it connecting
         return self.outcome  # type: ignore[return-value]
 
     def kept_text(self) -> str:
@@ -365,24 +364,27 @@ class Generation:
         text = self.text()
         return text if self.seen_chars is None else text[: self.seen_chars]
 
-    def _hang_up(self) -> None:
-        """Send the provider our FIN now, from whichever greenlet is stopping.
+    def _hang_up(self) -> bool:
+        """Send the provider our FIN now, from whichever greenlet is stopping; False
+        when there is no socket to shut down yet (before the response headers).
 
-        Only a socket shutdown, never a cross-greenlet `Response.close()`: the pump,
-        killed next, still closes the connection itself. With many stops at once
-        (a mass disconnect) each provider hears of its stop without waiting for the
-        pumps to unwind in turn. Before the response headers there is no socket to
-        reach: killing the pump does it.
+        Only a socket shutdown, never a cross-greenlet `Response.close()`: the pump's
+        blocked read wakes to the end of the stream and the pump closes the connection
+        itself, then records the outcome. It is not killed: a kill landing once it is
+        already unwinding would interrupt that record on a database that waits. With
+        many stops at once (a mass disconnect) each provider hears of its stop without
+        waiting for the pumps to unwind in turn.
         """
         connection = self._response.raw.connection if self._response is not None else None
         sock = connection.sock if connection is not None else None
         if sock is None:
-            return
+            return False
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
-            return  # already closed
+            return True  # already closed: the pump is ending
         self.closed_at = time.monotonic()
+        return True
 
     def wait_settled(self, timeout: float) -> bool:
         """Wait until the outcome is final and recorded; False on timeout."""

@@ -349,7 +349,7 @@ def test_a_stop_during_silence_acts_at_once(make_generation: MakeGeneration) -> 
     # The provider hears our FIN inside stop(); the pump's blocked read ends on the next turn.
     assert transport.shutdown_at is not None
     gevent.sleep(0)
-    assert transport.body.read_interrupted and transport.closed_at is not None
+    assert transport.body.read_cut and transport.closed_at is not None
     events = reader.get(timeout=1)
     done = done_of(events)
     assert (done["status"], done["reason"]) == ("stopped", "user_stop")

@@ -105,7 +105,7 @@ def test_interrupt_all_closes_every_live_generation(make_generation: MakeGenerat
     assert registry.interrupt_all() == 2
     for generation, transport, client in live:
         assert generation.settled.is_set()
-        assert transport.closed_at is not None and transport.body.read_interrupted
+        assert transport.closed_at is not None and transport.body.read_cut
         done = client.get(timeout=1)[-1].data
         assert (done["status"], done["reason"]) == ("interrupted", "shutdown")
         assert done["receipt"]["signal"] == "shutdown"

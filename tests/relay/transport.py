@@ -27,6 +27,7 @@ DONE = b"data: [DONE]\n\n"
 # The `make_generation` fixture: (generation, its transport) from keyword arguments.
 MakeGeneration = Callable[..., tuple[Generation, "ScriptedTransport"]]
 _EOF = object()
+_CUT = object()
 
 
 def text_chunk(*texts: str) -> bytes:
@@ -54,32 +55,35 @@ def wait_until(condition: Callable[[], object], timeout: float = 2.0) -> None:
 
 
 class FakeSocket:
-    """The provider socket `Generation._hang_up` shuts down: records when."""
+    """The provider socket `Generation._hang_up` shuts down: records when, and ends a
+    read blocked on it, as the kernel does."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_shutdown: Callable[[], None]) -> None:
         self.shutdown_at: float | None = None
+        self._on_shutdown = on_shutdown
 
     def shutdown(self, how: int) -> None:
         """Record the FIN the provider would see."""
         if self.shutdown_at is not None:
             raise OSError("already shut down")
         self.shutdown_at = time.monotonic()
+        self._on_shutdown()
 
 
 class FakeConnection:
     """What `response.raw.connection` is in urllib3: here only its socket."""
 
-    def __init__(self) -> None:
-        self.sock = FakeSocket()
+    def __init__(self, on_shutdown: Callable[[], None]) -> None:
+        self.sock = FakeSocket(on_shutdown)
 
 
 class ScriptedBody:
     """The response's `raw`: urllib3's streaming surface, fed chunk by chunk from a Queue."""
 
     def __init__(self) -> None:
-        self.connection = FakeConnection()
+        self.connection = FakeConnection(self._cut)
         self.reading = False  # a read is blocked waiting for the provider
-        self.read_interrupted = False  # a blocked read was ended by a kill
+        self.read_cut = False  # a read ended because the socket was shut down
         self.closed_at: float | None = None
         self.released = False
         self._chunks: Queue = Queue()
@@ -99,6 +103,9 @@ class ScriptedBody:
         while self._next() is not None:
             pass
 
+    def _cut(self) -> None:
+        self._chunks.put(_CUT)
+
     def close(self) -> None:
         """Record the moment the relay closed the body."""
         if self.closed_at is None:
@@ -116,13 +123,13 @@ class ScriptedBody:
         self.reading = True
         try:
             item = self._chunks.get()
-        except GreenletExit:
-            self.read_interrupted = True
-            raise
         finally:
             self.reading = False
         if item is _EOF:
             self._ended = True
+            return None
+        if item is _CUT:  # what a read on a shut-down socket gets: the end, too early
+            self.read_cut = self._ended = True
             return None
         if isinstance(item, BaseException):
             raise item

@@ -9,9 +9,8 @@ import uuid
 
 import pytest
 import requests
-from wire import AUTH, Connection, Event, connection_to, pinned
-
 from conftest import Server
+from wire import AUTH, Connection, Event, connection_to, pinned
 
 SOON_S = 1.0  # "closed at once", generously
 

@@ -7,6 +7,7 @@ a client that leaves closes the provider at once, and the conversation reloads.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,8 +33,9 @@ ABORT_S = 0.1  # client closes its socket to nginx -> provider closed
 CONF = ROOT / "deploy" / "nginx.conf"
 # What the test substitutes in the shipped file: the two hosts and the listen port.
 HOST_A, HOST_B, LISTEN = "stopwire-a.internal:8000", "stopwire-b.internal:8000", "listen 80;"
-# Added for the test only: which host answered (never expose this to users).
-PROXY_PASS = "proxy_pass http://stopwire;"
+# Added for the test only, after each proxy_pass: which host answered (never expose
+# this to users).
+PROXY_PASS = re.compile(r"(proxy_pass http://\w+;)")
 WHO = 'add_header X-Upstream-Addr "$upstream_addr" always;'
 
 
@@ -52,14 +54,12 @@ def nginx_or_skip() -> str:
 def render(a: str, b: str, port: int, text: str | None = None) -> str:
     """deploy/nginx.conf (or `text`) with the hosts and the port of this test."""
     conf = CONF.read_text() if text is None else text
-    for placeholder in (HOST_A, HOST_B, LISTEN, PROXY_PASS):
-        assert conf.count(placeholder) == 1, f"{placeholder!r} must appear once in {CONF}"
-    return (
-        conf.replace(HOST_A, a)
-        .replace(HOST_B, b)
-        .replace(LISTEN, f"listen 127.0.0.1:{port};")
-        .replace(PROXY_PASS, f"{PROXY_PASS}\n            {WHO}")
-    )
+    assert conf.count(LISTEN) == 1, f"{LISTEN!r} must appear once in {CONF}"
+    # Once in the round-robin upstream, once in the one chosen by generation id.
+    for host in (HOST_A, HOST_B):
+        assert conf.count(host) == 2, f"{host!r} must appear twice in {CONF}"
+    conf = conf.replace(HOST_A, a).replace(HOST_B, b).replace(LISTEN, f"listen 127.0.0.1:{port};")
+    return PROXY_PASS.sub(rf"\1\n            {WHO}", conf)
 
 
 class Nginx:
@@ -223,3 +223,29 @@ def test_operator_endpoints_are_not_served_through_nginx(hosts, nginx):
     # The hosts refuse debug stats to anything that came through a proxy.
     debug = requests.get(f"{nginx.url}/api/debug/stats", headers=AUTH, timeout=5)
     assert debug.status_code == 404
+
+
+def test_every_view_of_an_answer_reaches_the_host_streaming_it(hosts, nginx, upstream):
+    """EventSource through nginx: created on either host, viewed, cut, viewed again."""
+    hosts_viewing = set()
+    for _ in range(6):  # ids spread over both hosts
+        prompt = marker()
+        body = {"content": f"{prompt} [demo tokens=40 gap=0.02]", "resume_grace_s": 10}
+        created = requests.post(f"{nginx.url}/api/generations", json=body, headers=AUTH).json()
+        conn = Connection(nginx.url)
+        conn.get(created["events_url"])
+        assert conn.status == 200
+        host = conn.headers["x-upstream-addr"]
+        hosts_viewing.add(host)
+        first = conn.events(tokens=3)
+        conn.close_rst()  # a network blip: nginx closes its upstream, the answer runs on
+        back = Connection(nginx.url)
+        back.get(created["events_url"], {"Last-Event-ID": first[-1].id})
+        assert back.status == 200 and back.headers["x-upstream-addr"] == host
+        rest = back.events()
+        assert rest[-1].event == "done" and rest[-1].data["status"] == "complete"
+        text = streamed_text(first) + streamed_text(rest)
+        assert len(text.split()) == 40
+        back.meta = created
+        assert saved_answer(nginx.url, back)["content"] == text
+    assert len(hosts_viewing) == 2, hosts_viewing
