@@ -316,11 +316,14 @@ class Generation:
         """What the server measured about a stop."""
         assert self.stop_at is not None
         closed_at = self.closed_at if self.closed_at is not None else self.stop_at
-        return {
+        receipt = {
             "signal": self.outcome.reason if self.outcome else None,
             "stop_to_close_ms": round(max(0.0, closed_at - self.stop_at) * 1000, 3),
             "tokens_after_stop": self.tokens_after_stop,
         }
+        if self.discard:
+            receipt["discarded"] = True  # its text was generated, then dropped as asked
+        return receipt
 
     def _usage(self) -> Usage:
         if self.usage is not None and self.outcome and self.outcome.status == "complete":

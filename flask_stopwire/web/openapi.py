@@ -25,6 +25,23 @@ STATUSES = ["streaming", "complete", "stopped", "error", "interrupted"]
 REASONS = "user_stop, client_disconnect, shutdown, timeout, upstream_error, worker_lost, internal"
 OPENAI_ROLES = ["system", "developer", "user", "assistant"]
 
+# What every way to start an answer may add to its request.
+_ANSWER_OPTIONS = {
+    "resume_grace_s": {
+        "type": "number",
+        "minimum": 0,
+        "description": "How long the answer runs on after its client's connection drops "
+        "(at most STOPWIRE_MAX_RESUME_GRACE_S); 0, the default: a disconnect stops it",
+    },
+    "on_stop": {
+        "enum": ["keep", "discard"],
+        "description": "What a stopped answer keeps of its text; default keep",
+    },
+}
+
+# Why starting an answer can fail.
+_START_ERRORS = (400, 401, 403, 404, 409, 413, 415, 429)
+
 _DESCRIPTIONS = {
     200: "OK",
     204: "Done; no content",
@@ -38,7 +55,7 @@ _DESCRIPTIONS = {
     422: "The message cannot be regenerated or continued",
     429: "Over the request rate or the running-answers cap; see Retry-After",
     502: "The provider failed before the first token",
-    503: "The provider is unavailable, or the answer did not complete",
+    503: "The provider is unavailable, the answer did not complete, or it streams elsewhere",
     504: "The provider timed out before the first token",
 }
 
@@ -163,7 +180,63 @@ def _api_paths(api: str, security: list[Schema]) -> Schema:
                     "callers that keep their own history and saves nothing."
                 ),
                 "requestBody": _body(_ref("ChatRequest")),
-                "responses": _api_errors(_stream(), 400, 401, 403, 404, 409, 413, 415, 429),
+                "responses": _api_errors(_stream(), *_START_ERRORS),
+                "security": security,
+            }
+        },
+        f"{api}/generations": {
+            "post": {
+                "operationId": "createGeneration",
+                "summary": "Save a request to stream an answer; view it at events_url",
+                "description": (
+                    "The body of `/chat`. Nothing is asked of the provider until the first "
+                    "`GET events_url` (on any worker); nobody within "
+                    "STOPWIRE_ATTACH_TIMEOUT_S, the request is dropped and its answer saved "
+                    "empty, `stopped`/`client_disconnect`."
+                ),
+                "requestBody": _body(_ref("ChatRequest")),
+                "responses": {
+                    "201": {
+                        "description": "Created: view it at `events_url`",
+                        "content": {"application/json": {"schema": _ref("Created")}},
+                        "links": {
+                            "viewGeneration": {
+                                "operationId": "viewGeneration",
+                                "parameters": {"generation_id": "$response.body#/generation_id"},
+                            }
+                        },
+                    },
+                    **{str(code): _error(code, "Error") for code in _START_ERRORS},
+                },
+                "security": security,
+            }
+        },
+        f"{api}/generations/{{generation_id}}/events": {
+            "get": {
+                "operationId": "viewGeneration",
+                "summary": "An answer's events, for EventSource and for any client resuming",
+                "description": (
+                    "From the start, or after the id of the last event the client has "
+                    "(`Last-Event-ID`, or `after`): exactly what it lacks, then the live "
+                    "tail. `Last-Event-ID: end` (it had `done`) gets 204."
+                ),
+                "parameters": [
+                    generation_id,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "schema": {"type": "string", "pattern": "^([0-9]{1,15}|end)$"},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": "^([0-9]{1,15}|end)$"},
+                    },
+                ],
+                "responses": {
+                    **_api_errors(_stream(), 400, 401, 404, 429, 503),
+                    "204": {"description": _DESCRIPTIONS[204]},
+                },
                 "security": security,
             }
         },
@@ -439,7 +512,8 @@ def _schemas() -> Schema:
                     **_object(
                         content={"type": "string", "pattern": r"\S"},
                         conversation_id={"type": ["string", "null"]},
-                        optional=("conversation_id",),
+                        **_ANSWER_OPTIONS,
+                        optional=("conversation_id", *_ANSWER_OPTIONS),
                     ),
                     "not": {"required": ["messages"]},
                 },
@@ -455,13 +529,20 @@ def _schemas() -> Schema:
                             "description": "The last message must be the user's.",
                         },
                         conversation_id={"type": "null"},
-                        optional=("conversation_id",),
+                        **_ANSWER_OPTIONS,
+                        optional=("conversation_id", *_ANSWER_OPTIONS),
                     ),
                     "not": {"required": ["content"]},
                 },
             ],
             "example": {"content": "Tell me about stop buttons"},
         },
+        "Created": _object(
+            generation_id=_STR,
+            conversation_id=_NULLABLE_STR,
+            message_id=_NULLABLE_STR,
+            events_url=_STR,
+        ),
         "StopRequest": {
             "type": "object",
             "properties": {
@@ -483,6 +564,8 @@ def _schemas() -> Schema:
             signal=_NULLABLE_STR,
             stop_to_close_ms={"type": "number", "minimum": 0},
             tokens_after_stop=_INT,
+            discarded={"const": True, "description": 'Asked with `"on_stop": "discard"`'},
+            optional=("discarded",),
         ),
         "Summary": _object(
             generation_id=_STR,
@@ -500,9 +583,10 @@ def _schemas() -> Schema:
         ),
         "StreamEvent": {
             "description": (
-                "One event of an answer's stream: `meta`, then `token`s (`id`: their running "
-                "number), then `error` when it failed and `done`. `: keepalive` comments come "
-                "while the provider is silent."
+                "One event of an answer's stream: `meta`, then `token`s, then `error` when it "
+                "failed and `done`. Each `id` is the number of characters sent once the event "
+                "is (`done`'s is `end`). While the provider is silent, `: keepalive` comments "
+                "come, or `heartbeat` events on `events_url` (comments never reach EventSource)."
             ),
             "type": "object",
             "required": ["event", "data"],
@@ -511,6 +595,7 @@ def _schemas() -> Schema:
                 {**_event("token", "Token"), "required": ["id"]},
                 _event("error", "StreamError"),
                 _event("done", "Summary"),
+                {"properties": {"event": {"const": "heartbeat"}}},
             ],
         },
         "Token": _object(text=_STR),

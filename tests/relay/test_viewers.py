@@ -183,3 +183,4 @@ def test_discard_keeps_no_text_of_a_stopped_answer(make_generation: MakeGenerati
     generation.stop("user_stop")
     list(events)
     assert generation.text() == "half a JSON {" and generation.kept_text() == ""
+    assert generation.summary()["receipt"]["discarded"] is True

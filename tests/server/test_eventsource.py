@@ -190,7 +190,8 @@ def test_discard_saves_a_stopped_answer_empty(server, upstream):
     view(conn, created)
     conn.events(tokens=3)
     stop_url = f"{server.url}/api/generations/{created['generation_id']}/stop"
-    assert requests.post(stop_url, json={}, headers=AUTH).json()["status"] == "stopped"
+    summary = requests.post(stop_url, json={}, headers=AUTH).json()
+    assert summary["status"] == "stopped" and summary["receipt"]["discarded"] is True
     conn.events()
     assert answer_row(server, created["generation_id"])["content"] == ""
 

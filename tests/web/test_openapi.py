@@ -13,9 +13,10 @@ from flask_stopwire import Stopwire, get_stopwire
 from flask_stopwire.web.api import api
 from flask_stopwire.web.conversations import conversations
 from flask_stopwire.web.debug import debug
+from flask_stopwire.web.generations import generations
 from flask_stopwire.web.openai import openai
 
-BLUEPRINTS = {blueprint.name for blueprint in (api, conversations, openai, debug)}
+BLUEPRINTS = {blueprint.name for blueprint in (api, generations, conversations, openai, debug)}
 APP_ENDPOINTS = {"stopwire_health", "stopwire_metrics", "stopwire_openapi"}
 # The JSON 404/405 for any other path under a prefix: no path of its own to document.
 FALLBACKS = {"stopwire_api.not_found", "stopwire_openai.not_found"}
