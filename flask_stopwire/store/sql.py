@@ -162,6 +162,12 @@ class SqlStore:
         expired."""
         return self._run(_take_pending, user_id, generation_id, owner)
 
+    def drop_pending(self, user_id: str, generation_id: str) -> dict[str, Any] | None:
+        """Stop a generation nobody viewed yet: the provider was never asked, its answer
+        is saved empty, stopped by the user. Returns that answer ({} when it has none),
+        or None when there was no such pending generation."""
+        return self._run(_drop_pending, user_id, generation_id)
+
     def find_answer(self, user_id: str, generation_id: str) -> dict[str, Any] | None:
         """The answer `user_id`'s generation writes or wrote, or None."""
         return self._run(_find_answer, user_id, generation_id)
@@ -230,7 +236,7 @@ class SqlStore:
         self._run(_release_slot, generation_id)
 
 
-NO_USAGE = json.dumps({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "estimated": True}
 
 MESSAGE_COLUMNS = (
     "id, conversation_id, role, content, status, reason, model, usage, receipt, "
@@ -504,12 +510,37 @@ def _expire_pending(db, now):
     db.executemany(
         "UPDATE messages SET status = 'stopped', reason = 'client_disconnect', owner = NULL, "
         "usage = ?, updated_at = ? WHERE id = ? AND status = 'streaming'",
-        [(NO_USAGE, now_iso(), row["message_id"]) for row in expired if row["message_id"]],
+        [
+            (json.dumps(NO_USAGE), now_iso(), row["message_id"])
+            for row in expired
+            if row["message_id"]
+        ],
     )
     db.executemany(
         "DELETE FROM running_generations WHERE generation_id = ?",
         [(row["generation_id"],) for row in expired],
     )
+
+
+def _drop_pending(db, user_id, generation_id):
+    with Transaction(db):
+        rows = db.execute(
+            "DELETE FROM pending_generations WHERE generation_id = ? AND user_id = ? "
+            "RETURNING message_id",
+            (generation_id, user_id),
+        ).fetchall()
+        if not rows:
+            return None
+        db.execute("DELETE FROM running_generations WHERE generation_id = ?", (generation_id,))
+        message_id = rows[0]["message_id"]
+        if message_id is None:
+            return {}
+        db.execute(
+            "UPDATE messages SET status = 'stopped', reason = 'user_stop', owner = NULL, "
+            "usage = ?, updated_at = ? WHERE id = ? AND status = 'streaming'",
+            (json.dumps(NO_USAGE), now_iso(), message_id),
+        )
+        return _find_answer(db, user_id, generation_id)
 
 
 def _find_answer(db, user_id, generation_id):

@@ -31,7 +31,7 @@ BUSY_TIMEOUT_MS = 10_000
 # The statements behind these take microseconds: run on the event loop (see above).
 ON_LOOP = frozenset(
     {"_begin_turn", "_restart_answer", "_finish_answer", "_claim_slot", "_release_slot"}
-    | {"_heartbeat", "_add_pending", "_take_pending", "_find_answer"}
+    | {"_heartbeat", "_add_pending", "_take_pending", "_drop_pending", "_find_answer"}
     | {"_hit", "_hits", "_clear_hits"}
 )
 

@@ -12,6 +12,7 @@ from flask_stopwire.providers.base import Message
 from flask_stopwire.relay.bus import StopBusDown
 from flask_stopwire.relay.generation import Generation, RelayEvent
 from flask_stopwire.state import get_stopwire
+from flask_stopwire.store.sql import NO_USAGE
 from flask_stopwire.store.sqlite import Conflict
 from flask_stopwire.web.errors import ApiError, register_json_errors
 from flask_stopwire.web.inputs import (
@@ -119,6 +120,8 @@ def stop(generation_id: str) -> dict[str, Any]:
         summary, bus_down = stopwire.stop(user_id, generation_id, seen), False
     except StopBusDown:
         summary, bus_down = None, True  # it may stream on another host: nobody can tell
+    if summary is None:
+        summary = _drop_unviewed(user_id, generation_id)
     if summary is None or (summary["status"], summary["reason"]) == (
         "stopped",
         "client_disconnect",
@@ -166,6 +169,23 @@ def client_socket() -> Any:
     """This request's client socket, where the server exposes it (gunicorn does)."""
     # gunicorn's gevent worker names it one way, its sync workers another.
     return request.environ.get("gunicorn.sock") or request.environ.get("gunicorn.socket")
+
+
+def _drop_unviewed(user_id: str, generation_id: str) -> dict[str, Any] | None:
+    """The summary of a stop of a generation asked for and not viewed yet, or None."""
+    dropped = get_stopwire().store.drop_pending(user_id, generation_id)
+    if dropped is None:
+        return None
+    if dropped:
+        return message_summary(dropped)
+    return {  # one that saves nothing
+        "generation_id": generation_id,
+        "conversation_id": None,
+        "message_id": None,
+        "status": "stopped",
+        "reason": "user_stop",
+        "usage": NO_USAGE,
+    }
 
 
 def message_summary(message: dict[str, Any]) -> dict[str, Any]:

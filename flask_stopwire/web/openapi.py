@@ -250,7 +250,9 @@ def _api_paths(api: str, security: list[Schema]) -> Schema:
                 ),
                 "parameters": [generation_id],
                 "requestBody": _body(_ref("StopRequest"), required=False),
-                "responses": _api_errors(_json(_ref("Summary")), 400, 401, 403, 404, 413, 415, 429),
+                "responses": _api_errors(
+                    _json(_ref("Summary")), 400, 401, 403, 404, 413, 415, 429, 503
+                ),
                 "security": security,
             }
         },

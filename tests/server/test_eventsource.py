@@ -221,3 +221,16 @@ def test_bad_or_foreign_ids_are_refused(server):
     assert unknown.status_code == 404
     assert requests.get(url, timeout=5).status_code == 401  # no identity
     requests.get(url, headers=AUTH, timeout=5)  # view it, so nothing is left pending
+
+
+def test_a_stop_before_anyone_viewed_it_drops_it_unasked(server, upstream):
+    prompt = marker()
+    created = create(server.url, {"content": f"{prompt} [demo tokens=5]"})
+    stop_url = f"{server.url}/api/generations/{created['generation_id']}/stop"
+    summary = requests.post(stop_url, json={}, headers=AUTH, timeout=5)
+    assert summary.status_code == 200
+    assert (summary.json()["status"], summary.json()["reason"]) == ("stopped", "user_stop")
+    late = Connection(server.url)
+    view(late, created)
+    assert [e.event for e in late.events()] == [None, "meta", "done"]
+    assert upstream.streams(prompt) == []

@@ -26,7 +26,13 @@ def test_a_pending_answer_is_taken_once_and_then_streams(db: Database) -> None:
     turn = pending_turn(st, "gen_p1")
     assert answer(st, turn)["status"] == "streaming"  # as far as anyone reading can tell
     assert st.take_pending("user:mallory", "gen_p1", "worker_b") is None  # not theirs
-    assert st.take_pending(USER, "gen_p1", "worker_b") == REQUEST
+    taken = st.take_pending(USER, "gen_p1", "worker_b")
+    # The request, with the ids of the answer it writes (not known before the turn was saved).
+    assert taken == {
+        **REQUEST,
+        "conversation_id": turn["conversation_id"],
+        "message_id": turn["message_id"],
+    }
     assert st.take_pending(USER, "gen_p1", "worker_c") is None  # taken
     assert st.find_answer(USER, "gen_p1")["id"] == turn["message_id"]
     assert st.find_answer("user:mallory", "gen_p1") is None
@@ -74,3 +80,21 @@ def test_the_heartbeat_drops_expired_requests_too(db: Database) -> None:
     st.heartbeat([], [], stale_s=60)
     assert answer(st, turn)["status"] == "stopped"
     assert st.take_pending(USER, "gen_p6", "worker_b") is None
+
+
+def test_a_stop_before_anyone_viewed_it_drops_it_as_the_users(db: Database) -> None:
+    st = db.store()
+    turn = pending_turn(st, "gen_p8")
+    dropped = st.drop_pending(USER, "gen_p8")
+    assert (dropped["status"], dropped["reason"], dropped["content"]) == (
+        "stopped",
+        "user_stop",
+        "",
+    )
+    assert dropped["usage"]["completion_tokens"] == 0
+    assert answer(st, turn)["status"] == "stopped"
+    assert st.take_pending(USER, "gen_p8", "worker_b") is None
+    assert st.drop_pending(USER, "gen_p8") is None  # once
+    st.add_pending("gen_p9", USER, None, REQUEST, 10)
+    assert st.drop_pending("user:mallory", "gen_p9") is None
+    assert st.drop_pending(USER, "gen_p9") == {}  # nothing saved: no answer
