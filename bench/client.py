@@ -8,7 +8,7 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 # The benchmarks' identity: servers.py configures this client key on every Stopwire.
@@ -53,18 +53,26 @@ class Stream:
         self,
         base_url: str,
         path: str,
-        body: dict,
+        body: dict | None,
         timeout: float = 30.0,
         sock: socket.socket | None = None,
+        last_event_id: str | None = None,
     ):
+        """POST `body` to `path`, or GET it when `body` is None (an EventSource's
+        request, resuming after `last_event_id` when given)."""
         parts = urlsplit(base_url)
         # An idle keep-alive socket may be passed in: it stays on the worker that owns it.
         self.sock = sock or socket.create_connection((parts.hostname, parts.port), timeout=timeout)
-        payload = json.dumps(body).encode()
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{AUTH_LINE}"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-        )
+        if body is None:
+            resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+            head = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{AUTH_LINE}{resume}\r\n"
+            payload = b""
+        else:
+            payload = json.dumps(body).encode()
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{AUTH_LINE}"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+            )
         self.sock.sendall(head.encode() + payload)
         self._raw = b""
         self._body = b""
@@ -86,6 +94,13 @@ class Stream:
             if frame is None:
                 raise EOFError(f"the stream ended after {seen} of {count} frames")
             seen += wanted(frame)
+
+    def frames(self) -> Iterator[bytes]:
+        """Every SSE frame to the end of the response."""
+        if not self._head_read:
+            self._read_head()
+        while (frame := self._next_frame()) is not None:
+            yield frame
 
     def _next_frame(self) -> bytes | None:
         """The next SSE frame, from what is buffered first: received chunks wait for no one."""
