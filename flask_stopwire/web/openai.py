@@ -20,7 +20,7 @@ from flask_stopwire.providers.base import Message, UnsupportedOption
 from flask_stopwire.relay.generation import RelayEvent
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.web.errors import ApiError, discard_body
-from flask_stopwire.web.inputs import json_body
+from flask_stopwire.web.inputs import discard_on_stop, json_body
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ CHECKS = {
         or (isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) for s in v))
     ),
 }
-ACCEPTED = {"model", "messages", "stream", "stream_options", "n", *CHECKS}
+# `on_stop` is Stopwire's own: "discard" marks a stopped answer's text as unwanted.
+ACCEPTED = {"model", "messages", "stream", "stream_options", "n", "on_stop", *CHECKS}
 
 
 class OpenAIError(Exception):
@@ -114,6 +115,10 @@ def chat_completions() -> Response:
     messages = _messages(body.get("messages"))
     options = _options(body)
     try:
+        discard = discard_on_stop(body)
+    except ApiError as exc:
+        raise OpenAIError(400, exc.message, param="on_stop") from None
+    try:
         stopwire.provider.build_call(messages, options)  # pure: refuse what it cannot honour
     except UnsupportedOption as exc:
         raise OpenAIError(400, str(exc), param=exc.param) from None
@@ -121,6 +126,7 @@ def chat_completions() -> Response:
         generation = stopwire.new_generation(
             messages, stopwire.identity().user_id, generation_id, options
         )
+    generation.discard = discard
     client_sock = request.environ.get("gunicorn.sock") or request.environ.get("gunicorn.socket")
     events = stopwire.run(generation, client_sock)
     completion = fmt.Completion(generation.id, body["model"])

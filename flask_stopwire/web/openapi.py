@@ -421,6 +421,7 @@ def _chat_completion_request(model: str) -> Schema:
                 "properties": {"include_usage": {"type": "boolean"}},
             },
             "n": {"type": ["integer", "null"], "enum": [1, None]},
+            "on_stop": _ANSWER_OPTIONS["on_stop"],
             "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
             "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             "max_tokens": nullable_int,

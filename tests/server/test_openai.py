@@ -101,6 +101,25 @@ def test_closing_the_stream_after_5_chunks_closes_the_provider(client, upstream)
     closed_soon(upstream, prompt, closed_at)
 
 
+def test_on_stop_discard_is_honoured_and_said_in_the_stop_receipt(client, server, upstream):
+    prompt = marker()
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=ask(f"{prompt} [demo tokens=300 gap=0.02]"),
+        stream=True,
+        extra_body={"on_stop": "discard"},
+    )
+    first = next(iter(stream))
+    generation_id = "gen_" + first.id.removeprefix("chatcmpl-")
+    stop = requests.post(
+        f"{server.url}/api/generations/{generation_id}/stop", json={}, headers=AUTH, timeout=5
+    )
+    assert stop.status_code == 200, stop.text
+    assert stop.json()["status"] == "stopped" and stop.json()["receipt"]["discarded"] is True
+    stream.close()
+    assert upstream.ended(prompt)["ended"] == "client_closed"
+
+
 def test_leaving_a_with_block_early_closes_the_provider(client, upstream):
     prompt = marker()
     with client.chat.completions.create(

@@ -74,6 +74,7 @@ def test_n_other_than_1_is_400(client: FlaskClient, n: object) -> None:
         ("user", 7),
         ("stop", ["a", "b", "c", "d", "e"]),
         ("stop", [1]),
+        ("on_stop", "drop"),
     ],
 )
 def test_a_bad_option_is_400_naming_it(client: FlaskClient, param: str, value: object) -> None:
