@@ -4,6 +4,9 @@
 PostgreSQL (many hosts), anything else a SQLite file (one host, the default).
 """
 
+import sqlite3
+import sys
+
 from flask_stopwire.store.sql import SqlStore
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -23,3 +26,12 @@ def open_store(database: str) -> SqlStore:
     from flask_stopwire.store.sqlite import SqliteStore
 
     return SqliteStore(database)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` is the database being out of reach or refusing writes (locked, full,
+    read-only, a server down): the client should retry, nothing it sent was wrong."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    psycopg = sys.modules.get("psycopg")  # loaded only when PostgreSQL is in use
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)

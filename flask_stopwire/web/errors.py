@@ -11,7 +11,13 @@ import gevent
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from flask_stopwire import store
+
 log = logging.getLogger(__name__)
+
+STORE_DOWN = (
+    "the conversation store cannot be reached or written right now; nothing was lost, retry"
+)
 
 DISCARD_LIMIT = 64 * 1024 * 1024
 DISCARD_TIMEOUT_S = 10.0
@@ -88,5 +94,8 @@ def register_json_errors(blueprint: Blueprint) -> None:
 
     @blueprint.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        if store.unavailable(exc):
+            log.warning("storage unavailable on %s %s: %r", request.method, request.path, exc)
+            return error_response(503, STORE_DOWN, retry_after=1)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal error; see the server log")

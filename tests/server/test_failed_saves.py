@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from conftest import Server, Upstream
 
 from tests.store.disk import Tmpfs
@@ -220,6 +221,15 @@ def test_disk_full_at_the_end_of_30_streams(server_on_disk: Server, disk: Tmpfs)
             assert (row["status"], row["content"]) == ("complete", text), (row, done)
     told = sum("saved" in done for _, _, done in streams)
     assert told, "no save failed: the disk filled up too late"
+    # A new chat cannot be saved now: a 503 to retry, never a 500.
+    refused = requests.post(
+        f"{server_on_disk.url}/api/chat",
+        json={"content": "while full"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["type"] == "unavailable" and refused.headers["Retry-After"]
 
     disk.free()
     saved, lost = watch_until_none_streams(database)
