@@ -40,7 +40,7 @@ _ANSWER_OPTIONS = {
 }
 
 # Why starting an answer can fail.
-_START_ERRORS = (400, 401, 403, 404, 409, 413, 415, 429)
+_START_ERRORS = (400, 401, 403, 404, 409, 413, 415, 429, 503)
 
 _DESCRIPTIONS = {
     200: "OK",
@@ -55,7 +55,10 @@ _DESCRIPTIONS = {
     422: "The message cannot be regenerated or continued",
     429: "Over the request rate or the running-answers cap; see Retry-After",
     502: "The provider failed before the first token",
-    503: "The provider is unavailable, the answer did not complete, or it streams elsewhere",
+    503: (
+        "The provider or the conversation store is unavailable, the answer did not complete, "
+        "or it streams elsewhere; see Retry-After"
+    ),
     504: "The provider timed out before the first token",
 }
 
