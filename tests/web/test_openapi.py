@@ -162,7 +162,7 @@ def test_every_operation_documents_its_errors_and_streams(make_app) -> None:
     document = served(make_app())
     paths = document["paths"]
     chat = paths["/api/chat"]["post"]["responses"]
-    assert set(chat) == {"200", "400", "401", "403", "404", "409", "413", "415", "429"}
+    assert set(chat) == {"200", "400", "401", "403", "404", "409", "413", "415", "429", "503"}
     assert list(chat["200"]["content"]) == ["text/event-stream"]
     assert chat["404"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Error"
