@@ -17,12 +17,16 @@ from flask_stopwire.web.conversations import conversations
 from flask_stopwire.web.debug import debug
 from flask_stopwire.web.generations import generations
 from flask_stopwire.web.openai import openai
+from flask_stopwire.web.websocket import configure as configure_websocket
+from flask_stopwire.web.websocket import websocket
 
 
 class Stopwire:
     """Mounts Stopwire on a Flask app: ``Stopwire(app)`` or ``Stopwire().init_app(app)``.
 
-    - `url_prefix`: the chat, stop and conversations API (default ``/api``);
+    - `url_prefix`: the chat, stop and conversations API (default ``/api``), and the
+      WebSocket transport at ``<url_prefix>/ws`` (its flask-sock options go into the app's
+      ``SOCK_SERVER_OPTIONS``, where the host did not set them);
     - `openai_prefix`: the OpenAI-compatible endpoint, e.g. ``/v1``; off by default;
     - `metrics_url`, `health_url`: Prometheus metrics and a constant-time health check;
       off by default (a host usually has its own);
@@ -66,6 +70,8 @@ class Stopwire:
         app.register_blueprint(conversations, url_prefix=self.url_prefix)
         app.register_blueprint(api, url_prefix=self.url_prefix)
         app.register_blueprint(generations, url_prefix=self.url_prefix)
+        app.register_blueprint(websocket, url_prefix=self.url_prefix)  # <url_prefix>/ws
+        configure_websocket(app, settings)
         if state.settings.debug_stats:
             app.register_blueprint(debug, url_prefix=self.url_prefix)
         if self.openai_prefix:
@@ -75,7 +81,7 @@ class Stopwire:
                 settings.rate_limit,
                 state.store,
                 lambda: get_stopwire().identity().limit_key,
-                [api, generations, conversations, openai],
+                [api, generations, conversations, openai, websocket],
                 lambda: get_stopwire().metrics.refused.labels("rate").inc(),
             ).init_app(app)
         if self.metrics_url:

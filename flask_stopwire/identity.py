@@ -41,6 +41,7 @@ class Identity:
     user_id: str
     limit_key: str
     ambient: bool  # sent by the browser on its own (cookie, host session): check origin
+    presented: bool = True  # False: issued by this very request, which sent no cookie
 
 
 def current_identity(hook: IdentityHook | None, client_keys: tuple[str, ...]) -> Identity:
@@ -48,7 +49,7 @@ def current_identity(hook: IdentityHook | None, client_keys: tuple[str, ...]) ->
     if "stopwire_identity" not in g:
         identity = _resolve(hook, client_keys)
         if identity.ambient and request.method not in _SAFE_METHODS:
-            _require_same_origin()
+            require_same_origin()
         g.stopwire_identity = identity
     return g.stopwire_identity
 
@@ -109,7 +110,9 @@ def _resolve(hook: IdentityHook | None, client_keys: tuple[str, ...]) -> Identit
         return Identity(presented, presented, ambient=True)
     if client_keys:
         raise ApiError(401, "send Authorization: Bearer <key>")
-    return Identity(issue_browser_identity(), f"addr:{request.remote_addr}", ambient=True)
+    return Identity(
+        issue_browser_identity(), f"addr:{request.remote_addr}", ambient=True, presented=False
+    )
 
 
 def _key_name(scheme: str, token: str, client_keys: tuple[str, ...]) -> str:
@@ -120,7 +123,10 @@ def _key_name(scheme: str, token: str, client_keys: tuple[str, ...]) -> str:
     raise ApiError(401, "invalid or missing API key")
 
 
-def _require_same_origin() -> None:
+def require_same_origin() -> None:
+    """ApiError 403 unless the request comes from this origin (`Sec-Fetch-Site`, else
+    `Origin`). `current_identity` asks it of ambient identities on unsafe methods; a
+    WebSocket handshake is a GET that goes on to start answers, so it asks too."""
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None:
         if site not in ("same-origin", "none"):

@@ -9,7 +9,7 @@ import or in `init_app`: with `--preload` those run in the master, before the fo
 import atexit
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -91,6 +91,9 @@ class StopwireState:
             else None
         )
         self.metrics = Metrics()
+        # What a shutdown closes once the answers are interrupted (open WebSockets, which
+        # would otherwise hold the worker until its graceful timeout).
+        self.on_shutdown: set[Callable[[], None]] = set()
         self._session: requests.Session | None = None
         self._session_pid: int | None = None
         _states.add(self)
@@ -240,8 +243,12 @@ class StopwireState:
         return summary
 
     def interrupt_all(self) -> int:
-        """Close every live generation of this worker upstream (a shutdown); how many."""
-        return self.registry.interrupt_all()
+        """Close every live generation of this worker upstream (a shutdown), then what
+        keeps connections open between answers; returns how many generations."""
+        interrupted = self.registry.interrupt_all()
+        for close in list(self.on_shutdown):
+            close()
+        return interrupted
 
     def close(self) -> None:
         """Release the heartbeat, the stop socket, the stop bus, the DB thread and the

@@ -107,15 +107,20 @@ def ask(body: dict[str, Any], generation_id: str, wait_s: float | None = None) -
 @api.post("/generations/<generation_id>/stop")
 def stop(generation_id: str) -> dict[str, Any]:
     """Stop one of this user's generations on whichever worker holds it; its final
-    summary is the answer.
+    summary is the answer."""
+    seen = seen_chars(json_body(required=False))
+    return stop_summary(get_stopwire().identity().user_id, generation_id, seen)
+
+
+def stop_summary(user_id: str, generation_id: str, seen: int | None) -> dict[str, Any]:
+    """Stop `user_id`'s generation (on any worker or host, or before anyone viewed it)
+    and return its final summary; ApiError 404 or 503 when that cannot be done.
 
     A stop that arrives after the client's disconnect already stopped it (the page
     aborts its fetch and asks to stop at the same moment) is still recorded as the
-    user's, with the text cut to `seen_chars`.
+    user's, with the text cut to `seen`.
     """
-    seen = seen_chars(json_body(required=False))
     stopwire = get_stopwire()
-    user_id = stopwire.identity().user_id
     try:
         summary, bus_down = stopwire.stop(user_id, generation_id, seen), False
     except StopBusDown:

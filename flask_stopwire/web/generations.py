@@ -56,19 +56,30 @@ def events(generation_id: str) -> Response:
     if last_id == END_ID:
         return Response(status=204)  # it had everything: EventSource stops reconnecting
     after = _offset(last_id)
+    user_id = get_stopwire().identity().user_id
+    viewing = open_events(user_id, generation_id, after, client_socket())
+    return events_response(viewing, RETRY_MS)
+
+
+def open_events(
+    user_id: str, generation_id: str, after: int | None, client_sock: Any
+) -> Iterator[RelayEvent]:
+    """One of `user_id`'s answers' events after `after`, wherever the answer is: a
+    pending request (this worker takes it and starts it), live on this worker or a
+    sibling, or ended (replayed). Shared by EventSource and the WebSocket's resume;
+    `client_sock` is watched for the viewer leaving (None: the caller closes the
+    events itself). ApiError 404, or 503 while it streams on another host."""
     stopwire = get_stopwire()
-    user_id = stopwire.identity().user_id
     stopwire.start()
     pending = stopwire.store.take_pending(user_id, generation_id, stopwire.recorder.owner)
     if pending is not None:
         generation = stopwire.generation_for(pending)
         message_id = pending["message_id"] or ""
-        viewing = stopwire.run(generation, client_socket(), message_id, after=after)
-        return events_response(viewing, RETRY_MS)
-    viewing = stopwire.view(user_id, generation_id, after, client_socket())
+        return stopwire.run(generation, client_sock, message_id, after=after)
+    viewing = stopwire.view(user_id, generation_id, after, client_sock)
     if viewing is None:
         viewing = _replay(user_id, generation_id, after)
-    return events_response(viewing, RETRY_MS)
+    return viewing
 
 
 def _replay(user_id: str, generation_id: str, after: int | None) -> Iterator[RelayEvent]:
