@@ -47,6 +47,10 @@ class PostgresStore(SqlStore):
         while self._idle:
             self._idle.pop().close()
 
+    def open_connections(self) -> int:
+        """This process's pooled connections (idle ones; the caller asks between calls)."""
+        return len(self._idle) if self._pid == os.getpid() else 0
+
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._connection() as conn:
             return fn(_Connection(conn), *args)

@@ -110,6 +110,11 @@ class SqlStore:
         """Release this process's connections."""
         raise NotImplementedError
 
+    def open_connections(self) -> int:
+        """How many database connections this process holds open (a pool grows to its
+        size under load and keeps them: not a leak)."""
+        raise NotImplementedError
+
     # -- conversations ----------------------------------------------------------------
 
     # Every method that reads or changes a conversation takes the `user_id` that owns

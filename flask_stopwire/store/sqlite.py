@@ -46,6 +46,12 @@ class SqliteStore(SqlStore):
         self._db: sqlite3.Connection | None = None
         self._loop_db: sqlite3.Connection | None = None
 
+    def open_connections(self) -> int:
+        """The DB thread's connection and the event loop's, once opened."""
+        if self._pid != os.getpid():
+            return 0
+        return (self._db is not None) + (self._loop_db is not None)
+
     def close(self) -> None:
         """Close the connections (the thread's on its own thread), then the thread."""
         if self._pool is None or self._pid != os.getpid():

@@ -19,10 +19,14 @@ debug.before_request(require_operator)
 
 @debug.get("/debug/stats")
 def stats() -> dict[str, int]:
-    """The worker's pid, live generations, open file descriptors and live greenlets."""
+    """The worker's pid, live generations, open file descriptors (those of the store's
+    connections apart) and live greenlets."""
+    stopwire = get_stopwire()
+    store_connections = stopwire.store.open_connections()
     return {
         "pid": os.getpid(),
-        "live_generations": get_stopwire().registry.live_count(),
-        "open_fds": len(os.listdir("/proc/self/fd")),
+        "live_generations": stopwire.registry.live_count(),
+        "open_fds": len(os.listdir("/proc/self/fd")) - store_connections,
+        "store_connections": store_connections,
         "greenlets": sum(isinstance(o, greenlet) and bool(o) for o in gc.get_objects()),
     }

@@ -347,7 +347,13 @@ def _debug_path(token: str) -> Schema:
             "security": _operator_security(token),
             "responses": {
                 "200": _json(
-                    _object(pid=_INT, live_generations=_INT, open_fds=_INT, greenlets=_INT)
+                    _object(
+                        pid=_INT,
+                        live_generations=_INT,
+                        open_fds=_INT,
+                        store_connections=_INT,
+                        greenlets=_INT,
+                    )
                 ),
                 "404": {"description": "Not an operator (no existence oracle)"},
             },
