@@ -91,6 +91,28 @@ export async function* streamEvents(path, body, signal) {
     signal,
   });
   if (!response.ok) throw await errorFrom(response);
+  yield* parsedEvents(response);
+}
+
+/**
+ * Come back to a generation whose stream dropped: resolves, once the server has
+ * answered, to the events after `lastId` (the id of the last event received, sent as
+ * `Last-Event-ID`): the text missed as one token, the live rest, then `done`.
+ * Rejects with an ApiError for an error answer, a TypeError when the network fails.
+ */
+export async function resumeEvents(generationId, lastId, signal) {
+  const path = `api/generations/${encodeURIComponent(generationId)}/events`;
+  const response = await fetch(path, {
+    headers: { Accept: "text/event-stream", "Last-Event-ID": String(lastId) },
+    cache: "no-store",
+    signal,
+  });
+  if (!response.ok) throw await errorFrom(response);
+  return parsedEvents(response); // 204 (it had everything): no body, no events
+}
+
+async function* parsedEvents(response) {
+  if (!response.body) return;
   for await (const event of readEvents(response.body)) {
     yield { type: event.type, id: event.id, data: JSON.parse(event.data) };
   }

@@ -2,6 +2,12 @@
 //
 // One run per request, each with its own AbortController: a run only ever aborts
 // itself, so a late timer or answer of an older run cannot touch a newer one.
+//
+// A new answer asks the server for a grace (RESUME_GRACE_S): when its stream drops
+// without a Stop (offline, a proxy's cut) the answer runs on that long, and the run
+// comes back for it with the id of the last event it has, each attempt with an
+// AbortController of its own. Event ids count the characters of the answer sent, so
+// the text resumes exactly where it was cut.
 
 import * as api from "./api.js";
 import { View, describe } from "./view.js";
@@ -15,6 +21,13 @@ const SETTLE_WAIT_MS = 3000;
 const STREAMING_POLL_MS = 1500;
 const PAGE_SIZE = 50;
 const TITLE_CHARS = 60;
+// How long the server keeps an answer running while this page's stream is away.
+const RESUME_GRACE_S = 20;
+// Reconnecting is tried until this long after the grace must have run out...
+const RESUME_SLACK_MS = 2000;
+// ...waiting this long before the first attempt, then twice as long each time, up to the most.
+const RETRY_FIRST_MS = 500;
+const RETRY_MOST_MS = 2000;
 
 const view = new View();
 
@@ -39,6 +52,11 @@ function codePoints(text) {
   let count = 0;
   for (const _ of text) count += 1;
   return count;
+}
+
+/** `text` without its first `count` characters (code points). */
+function skipCodePoints(text, count) {
+  return Array.from(text).slice(count).join("");
 }
 
 function titleFor(content) {
@@ -97,14 +115,14 @@ async function send(content) {
   latestEntry()?.view.setActions([]);
   addEntry("user", { content });
   const answer = addEntry("assistant", { prompt: content, status: "streaming" });
-  const conversationId = state.conversationId;
-  const body = conversationId ? { content, conversation_id: conversationId } : { content };
+  const body = chatBody(content);
   renderList();
-  await stream(answer, (signal) => api.chat(body, signal), { keep: false });
+  await stream(answer, (signal) => api.chat(body, signal), { keep: false, resumable: true });
 }
 
-/** Stream an answer into `entry`; `keep` its text (continue) or replace it. */
-async function stream(entry, start, { keep }) {
+/** Stream an answer into `entry`; `keep` its text (continue) or replace it.
+ * `resumable`: the request asked for a grace, so a dropped stream is come back to. */
+async function stream(entry, start, { keep, resumable = false }) {
   const run = {
     entry,
     keep,
@@ -116,6 +134,14 @@ async function stream(entry, start, { keep }) {
     held: "", // tokens that arrived after Stop: shown only if the server says complete
     error: null,
     summary: null,
+    graceMs: resumable ? RESUME_GRACE_S * 1000 : 0,
+    received: 0, // characters of this generation received: the last event's id
+    attempt: null, // the AbortController of the latest reconnect
+    reconnecting: false, // its stream dropped and no reconnect has answered yet
+    resumed: false, // it came back at least once
+    lost: false, // this page dropped the stream itself (offline), to come back for it
+    deadline: null, // when to give up coming back (ms), since the stream dropped
+    wake: null, // ends the wait before the next reconnect early
   };
   state.run = run;
   view.setBusy(true);
@@ -124,13 +150,20 @@ async function stream(entry, start, { keep }) {
   view.announce("Writing an answer.");
   try {
     if (state.settling) await Promise.race([state.settling, sleep(SETTLE_WAIT_MS)]);
-    for await (const event of start(run.controller.signal)) {
-      if (event.type === "meta") onMeta(run, event.data);
-      else if (event.type === "token") onToken(run, event.data.text);
-      else if (event.type === "error") run.error = event.data.error;
-      else if (event.type === "done") finish(run, event.data);
+    let events = start(run.controller.signal);
+    while (events) {
+      try {
+        for await (const event of events) {
+          run.deadline = null; // it is back: a later drop gets a whole grace again
+          onEvent(run, event);
+        }
+        if (run.summary || run.stopped) break;
+        throw new TypeError("the stream ended before its last event");
+      } catch (error) {
+        if (!canResume(run, error)) throw error;
+        events = await reconnect(run); // null once stopped meanwhile
+      }
     }
-    if (!run.summary && !run.stopped) finish(run, failure(new TypeError("stream ended")));
   } catch (error) {
     // After Stop an AbortError is the expected end; the stop request reports the outcome.
     if (!run.stopped) finish(run, failure(error));
@@ -140,6 +173,83 @@ async function stream(entry, start, { keep }) {
       view.setBusy(false);
     }
   }
+}
+
+function onEvent(run, event) {
+  if (event.type === "meta") onMeta(run, event.data);
+  else if (event.type === "token") onToken(run, event.data.text, event.id);
+  else if (event.type === "error") run.error = event.data.error;
+  else if (event.type === "done") finish(run, event.data);
+}
+
+/** The server keeps this run's answer going for a while if its stream drops. */
+function waitedFor(run) {
+  return Boolean(run.graceMs && run.generationId && !run.stopped && !run.summary);
+}
+
+/** A drop to come back from: a network failure (or this page's own drop when it went
+ * offline) of a stream whose answer waits for it; never an abort, an API error or a
+ * bad event. */
+function canResume(run, error) {
+  return waitedFor(run) && (run.lost || error instanceof TypeError);
+}
+
+/** Come back with the last id received, every RETRY_FIRST_MS..RETRY_MOST_MS, until the
+ * server's grace must have run out. Resolves to the resumed events, or null after Stop. */
+async function reconnect(run) {
+  const { entry } = run;
+  run.lost = false;
+  run.deadline ??= Date.now() + run.graceMs + RESUME_SLACK_MS;
+  if (!run.reconnecting) {
+    run.reconnecting = true;
+    view.follow(() => entry.view.show("streaming", { detail: "Reconnecting…", actions: [] }));
+    view.announce("Connection lost. Reconnecting…");
+  }
+  let delay = RETRY_FIRST_MS;
+  while (!run.stopped) {
+    const left = run.deadline - Date.now();
+    if (left <= 0) throw gaveUp();
+    await pause(run, Math.min(delay, left));
+    if (run.stopped) break;
+    delay = Math.min(delay * 2, RETRY_MOST_MS);
+    const attempt = new AbortController();
+    run.attempt = attempt;
+    try {
+      const events = await api.resumeEvents(run.generationId, run.received, attempt.signal);
+      if (run.stopped) break;
+      run.reconnecting = false;
+      run.resumed = true;
+      view.follow(() => entry.view.show("streaming", { actions: [] }));
+      view.announce("Reconnected.");
+      return events;
+    } catch (error) {
+      if (run.stopped) break;
+      // Network failures and 5xx (a proxy's 502, "streams on another host") pass; not a 4xx.
+      if (error instanceof api.ApiError && error.status < 500) throw error;
+    }
+  }
+  return null;
+}
+
+/** Wait `ms` before the next reconnect, or less: Stop or the network's return wakes it. */
+function pause(run, ms) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(wake, ms);
+    function wake() {
+      clearTimeout(timer);
+      if (run.wake === wake) run.wake = null;
+      resolve();
+    }
+    run.wake = wake;
+  });
+}
+
+/** Past the grace the server has stopped the answer and saved what it wrote. */
+function gaveUp() {
+  const message = navigator.onLine
+    ? "The connection was lost and did not come back in time; the server kept the answer as far as it got."
+    : "You are offline: the answer stopped where the connection dropped.";
+  return new api.ApiError(0, "connection_lost", message);
 }
 
 function onMeta(run, meta) {
@@ -160,7 +270,18 @@ function onMeta(run, meta) {
   }
 }
 
-function onToken(run, text) {
+/** `id`: the characters of the answer sent once this token is; what is already here is
+ * skipped (a resumed stream starts exactly after it: this is only a guard). */
+function onToken(run, text, id) {
+  const end = id === null || id === undefined || id === "" ? NaN : Number(id);
+  if (Number.isSafeInteger(end)) {
+    if (end <= run.received) return;
+    const start = end - codePoints(text);
+    if (start < run.received) text = skipCodePoints(text, run.received - start);
+    run.received = end;
+  } else {
+    run.received += codePoints(text);
+  }
   if (run.stopped && run.summary?.status !== "complete") {
     run.held += text;
     return;
@@ -183,9 +304,11 @@ function finish(run, summary) {
     run.held = "";
   }
   const error = summary.error || run.error;
+  // Stopped because the stream stayed away past the grace: what was written is saved.
+  const away = run.resumed && summary.reason === "client_disconnect";
   entry.status = summary.status;
-  showEntry(entry, { ...summary, error });
-  view.announce(announcement(summary.status, describe({ ...summary, error })));
+  showEntry(entry, { ...summary, error, away });
+  view.announce(announcement(summary.status, describe({ ...summary, error, away })));
   if (summary.status !== "streaming" && run.screen === state.screen && state.conversationId) {
     refreshList();
   }
@@ -223,19 +346,31 @@ function stop() {
   view.follow(() =>
     run.entry.view.show("stopped", { detail: "Waiting for the server's receipt…", actions: [] }),
   );
-  const abort = () => run.controller.abort();
+  const abort = () => {
+    run.controller.abort();
+    run.attempt?.abort();
+  };
   if (!run.generationId) {
     // Nothing to name yet: closing the connection is the stop the server sees.
     abort();
     finish(run, { status: "stopped", reason: "user_stop" });
     return;
   }
-  setTimeout(abort, ABORT_GRACE_MS);
+  const reconnecting = run.reconnecting;
+  if (reconnecting) {
+    // No stream to wait for: end the reconnect now; the stop request says how it ended.
+    abort();
+    run.wake?.();
+  } else {
+    setTimeout(abort, ABORT_GRACE_MS);
+  }
   state.settling = api.stopGeneration(run.generationId, run.shown).then(
     (summary) => {
       finish(run, summary);
       // Complete means the last tokens are on their way: let the stream deliver them.
       if (summary.status !== "complete") abort();
+      // Or, with the stream away, fetch what this page missed of it.
+      else if (reconnecting) fetchRest(run);
     },
     (error) => {
       abort();
@@ -244,11 +379,36 @@ function stop() {
   );
 }
 
-/** The browser lost its network: the answer cannot arrive, so give the stream up now.
- * Closing it also frees the server at once if the connection itself survived. */
+/** The stop lost the race while the stream was away: the whole answer is saved, so
+ * show the rest of it (its `done` is not needed: the stop answered it). */
+async function fetchRest(run) {
+  const attempt = new AbortController();
+  run.attempt = attempt;
+  try {
+    const events = await api.resumeEvents(run.generationId, run.received, attempt.signal);
+    for await (const event of events) {
+      if (event.type === "token") onToken(run, event.data.text, event.id);
+    }
+  } catch {
+    const detail = "Complete, but the end could not be loaded: reopen the conversation to see it.";
+    view.follow(() => run.entry.view.show("complete", { detail, actions: [] }));
+  }
+}
+
+/** The browser lost its network: the answer cannot arrive on this stream. One that the
+ * server waits for is dropped now and come back for; any other is given up, which
+ * also frees the server at once if the connection itself survived. */
 function onOffline() {
   const run = state.run;
   if (!run) return;
+  if (waitedFor(run)) {
+    if (!run.reconnecting) {
+      run.lost = true;
+      run.controller.abort();
+      run.attempt?.abort();
+    }
+    return;
+  }
   state.run = null;
   view.setBusy(false);
   run.controller.abort();
@@ -273,12 +433,14 @@ function act(action, key) {
       conversationId && messageId
         ? (signal) => api.regenerate(conversationId, messageId, signal)
         : (signal) => api.chat(chatBody(entry.prompt), signal);
-    stream(entry, start, { keep: false });
+    stream(entry, start, { keep: false, resumable: !(conversationId && messageId) });
   }
 }
 
 function chatBody(content) {
-  return state.conversationId ? { content, conversation_id: state.conversationId } : { content };
+  const body = { content, resume_grace_s: RESUME_GRACE_S };
+  if (state.conversationId) body.conversation_id = state.conversationId;
+  return body;
 }
 
 // -- conversations ------------------------------------------------------------------
@@ -419,6 +581,8 @@ view.bindConversations({
 });
 addEventListener("pagehide", onPageHide);
 addEventListener("offline", onOffline);
+// Back online: the next reconnect goes now rather than after its wait.
+addEventListener("online", () => state.run?.wake?.());
 addEventListener("hashchange", () => {
   const id = hashId();
   if (id) openConversation(id);

@@ -81,9 +81,11 @@ export class MessageView {
   }
 }
 
-/** Explains a final status in words; `error` is `{type, message}` when there is one. */
-export function describe({ status, reason, receipt, error }) {
+/** Explains a final status in words; `error` is `{type, message}` when there is one;
+ * `away`: stopped because this page's stream stayed away past the server's grace. */
+export function describe({ status, reason, receipt, error, away = false }) {
   if (status === "stopped") {
+    if (away) return "The connection stayed away too long: the server stopped the answer and saved it.";
     if (receipt) return receiptText(receipt);
     return error
       ? `The server did not confirm the stop: ${error.message}`
