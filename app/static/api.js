@@ -67,8 +67,18 @@ export function beaconStop(generationId, seenChars) {
   return navigator.sendBeacon(path, body);
 }
 
-export function chat(body, signal) {
-  return streamEvents("api/chat", body, signal);
+/**
+ * Start an answer and yield its events: the request is saved first
+ * (`POST api/generations`), then its events are read from the URL every later view of
+ * it uses too, so a load balancer that routes those by generation id (as
+ * deploy/nginx.conf does) sends a reconnect to the host running the answer.
+ */
+export async function* chat(body, signal) {
+  const created = await call("POST", "api/generations", body, { signal });
+  const { generation_id, conversation_id, message_id } = created;
+  // Its `meta`, known now: a Stop before the first token can already name it.
+  yield { type: "meta", id: "0", data: { generation_id, conversation_id, message_id } };
+  yield* await viewEvents(generation_id, 0, signal);
 }
 
 export function regenerate(conversationId, messageId, signal) {
@@ -100,13 +110,16 @@ export async function* streamEvents(path, body, signal) {
  * `Last-Event-ID`): the text missed as one token, the live rest, then `done`.
  * Rejects with an ApiError for an error answer, a TypeError when the network fails.
  */
-export async function resumeEvents(generationId, lastId, signal) {
+export function resumeEvents(generationId, lastId, signal) {
+  return viewEvents(generationId, lastId, signal);
+}
+
+/** A generation's events, all of them (`lastId` null) or those after `lastId`. */
+async function viewEvents(generationId, lastId, signal) {
   const path = `api/generations/${encodeURIComponent(generationId)}/events`;
-  const response = await fetch(path, {
-    headers: { Accept: "text/event-stream", "Last-Event-ID": String(lastId) },
-    cache: "no-store",
-    signal,
-  });
+  const headers = { Accept: "text/event-stream" };
+  if (lastId !== null) headers["Last-Event-ID"] = String(lastId);
+  const response = await fetch(path, { headers, cache: "no-store", signal });
   if (!response.ok) throw await errorFrom(response);
   return parsedEvents(response); // 204 (it had everything): no body, no events
 }

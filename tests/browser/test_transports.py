@@ -71,7 +71,9 @@ def saved_answer(page: Page, server: Server, conversation_id: str = "") -> dict:
 
 
 def event_requests(page: Page) -> list[tuple[float, str | None]]:
-    """(when, Last-Event-ID) of every reconnect the page makes from now on."""
+    """(when, Last-Event-ID) of every view of an answer's events the page makes from now
+    on: its first (the page starts an answer with POST /api/generations, then views it
+    after its meta, id 0), then each reconnect."""
     seen: list[tuple[float, str | None]] = []
 
     def note(request) -> None:
@@ -179,8 +181,10 @@ def test_a_cut_shows_reconnecting_then_the_same_message_continues_exactly(
     assert text == saved["content"]  # no duplicate, no gap
     assert len(text.split()) == 120
     assert upstream.ended(prompt)["ended"] == "complete"
-    assert reconnects, "the page never came back"
-    assert all(last and last.isdigit() and int(last) > 0 for _, last in reconnects), reconnects
+    first, *again = reconnects
+    assert first[1] == "0", reconnects
+    assert again, "the page never came back"
+    assert all(last and last.isdigit() and int(last) > 0 for _, last in again), reconnects
     page.reload()  # and what is saved is what was shown
     expect(answer(page).locator(".message-text")).to_have_text(text)
     assert page.errors == []
