@@ -17,10 +17,14 @@ from wire import TEST_KEY
 from tests.store.databases import RawPostgres, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
-# The database every Server uses unless told: `STOPWIRE_TEST_DATABASE=postgresql pytest
-# tests/server` runs the whole server suite on PostgreSQL. Modules that set
-# `DATABASES = ("sqlite", "postgresql")` run their `server` tests on both.
+# The database every Server a test builds itself uses unless told:
+# `STOPWIRE_TEST_DATABASE=postgresql pytest tests/server` runs the whole server suite on
+# PostgreSQL (and `=sqlite` only on SQLite, the quick local run).
 DEFAULT_DATABASE = os.environ.get("STOPWIRE_TEST_DATABASE", "sqlite")
+# The databases the shared `server` fixture runs on: both, unless one is asked for.
+SERVER_DATABASES = (
+    (DEFAULT_DATABASE,) if "STOPWIRE_TEST_DATABASE" in os.environ else ("sqlite", "postgresql")
+)
 
 
 class Upstream:
@@ -194,10 +198,14 @@ def upstream():
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A module's `DATABASES` runs its tests once per database (one server each)."""
-    kinds = getattr(metafunc.module, "DATABASES", None)
-    if kinds and "database" in metafunc.fixturenames:
-        metafunc.parametrize("database", kinds, indirect=True, scope="module")
+    """Every test on the module's `server` runs once per database (one server each): the
+    module's `DATABASES`, else both, unless STOPWIRE_TEST_DATABASE names one."""
+    if "database" not in metafunc.fixturenames:
+        return
+    if any("database" in m.args[0] for m in metafunc.definition.iter_markers("parametrize")):
+        return  # the test names its databases itself
+    kinds = getattr(metafunc.module, "DATABASES", SERVER_DATABASES)
+    metafunc.parametrize("database", kinds, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")

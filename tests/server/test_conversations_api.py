@@ -10,7 +10,6 @@ import requests
 from conftest import Server
 from wire import AUTH, Connection, open_stream
 
-DATABASES = ("sqlite", "postgresql")  # every test here runs on both (conftest.py)
 
 
 def marker() -> str:
