@@ -11,7 +11,6 @@ from conftest import Server
 from wire import AUTH, Connection, open_stream
 
 
-
 def marker() -> str:
     return uuid.uuid4().hex[:12]
 
