@@ -22,12 +22,22 @@ Prints markdown tables and writes JSON to bench/results/.
 import argparse
 import json
 import platform
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import requests
-import simple_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
 
 from bench import servers
 from bench.client import BENCH_KEY, Stream
@@ -58,12 +68,61 @@ def eventsource_close(url: str, content: str, silent: bool) -> float:
     return stream.close("fin")
 
 
-def websocket(url: str, content: str) -> tuple[simple_websocket.Client, str]:
-    ws = simple_websocket.Client.connect(url.replace("http://", "ws://") + "/api/ws", headers=AUTH)
-    ws.send(json.dumps({"type": "prompt", "content": content}))
+class WebSocket:
+    """A WebSocket client in this thread alone (wsproto over a plain socket): no reader
+    thread whose turn at the GIL would delay the moment a stop is sent."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        self.conn = WSConnection(ConnectionType.CLIENT)
+        auth = [(b"authorization", AUTH["Authorization"].encode())]
+        self.sock.sendall(
+            self.conn.send(Request(host=parts.netloc, target="/api/ws", extra_headers=auth))
+        )
+        self.inbox: list[dict] = []
+        self.parts: list[str] = []
+        while not self._read():  # the handshake's answer
+            pass
+
+    def send(self, message: dict) -> None:
+        self.sock.sendall(self.conn.send(TextMessage(data=json.dumps(message))))
+
+    def receive(self) -> dict:
+        while not self.inbox:
+            self._read()
+        return self.inbox.pop(0)
+
+    def close(self) -> float:
+        """Send a close frame (as a closed tab does); returns the moment just before."""
+        at = time.monotonic()
+        self.sock.sendall(self.conn.send(CloseConnection(code=1000)))
+        return at
+
+    def _read(self) -> bool:
+        self.conn.receive_data(self.sock.recv(65536) or None)
+        accepted = False
+        for event in self.conn.events():
+            if isinstance(event, AcceptConnection):
+                accepted = True
+            elif isinstance(event, TextMessage):
+                self.parts.append(event.data)
+                if event.message_finished:
+                    self.inbox.append(json.loads("".join(self.parts)))
+                    self.parts = []
+            elif isinstance(event, Ping):
+                self.sock.sendall(self.conn.send(event.response()))
+            elif isinstance(event, RejectConnection):
+                raise RuntimeError(f"the handshake was refused: {event.status_code}")
+        return accepted
+
+
+def websocket(url: str, content: str) -> tuple[WebSocket, str]:
+    ws = WebSocket(url)
+    ws.send({"type": "prompt", "content": content})
     generation_id, tokens = "", 0
     while tokens < 3:
-        message = json.loads(ws.receive(timeout=30))
+        message = ws.receive()
         if message["type"] == "meta":
             generation_id = message["generation_id"]
         tokens += message["type"] == "token"
@@ -75,10 +134,11 @@ def websocket_cancel(url: str, content: str, silent: bool) -> float:
     if silent:
         time.sleep(0.2)
     at = time.monotonic()
-    ws.send(json.dumps({"type": "cancel", "generation_id": generation_id}))
-    while json.loads(ws.receive(timeout=30))["type"] != "done":
+    ws.send({"type": "cancel", "generation_id": generation_id})
+    while ws.receive()["type"] != "done":
         pass
     ws.close()
+    ws.sock.close()
     return at
 
 
@@ -86,8 +146,8 @@ def websocket_close(url: str, content: str, silent: bool) -> float:
     ws, _ = websocket(url, content)
     if silent:
         time.sleep(0.2)
-    at = time.monotonic()
-    ws.close()
+    at = ws.close()
+    ws.sock.close()
     return at
 
 
@@ -174,12 +234,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=40, help="stops per transport and case")
     parser.add_argument("--cuts", type=int, default=100, help="forced cuts of one resumed answer")
+    parser.add_argument(
+        "--only", choices=sorted(TRANSPORTS), action="append", help="these transports alone"
+    )
     args = parser.parse_args()
     demo = servers.Demo()
     stopwire = servers.stopwire(demo.url)
     try:
         rows = []
         for transport, how in TRANSPORTS.items():
+            if args.only and transport not in args.only:
+                continue
             for scenario, silent in (("20 ms/token", False), ("silent 10 s", True)):
                 rows.append(
                     (transport, scenario, stop_trials(stopwire.url, demo, how, silent, args.trials))

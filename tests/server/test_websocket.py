@@ -251,6 +251,23 @@ def test_a_stateless_prompt_and_pings_every_heartbeat(server, upstream):
         assert client.prompt("still there? [demo tokens=1]")["type"] == "meta"
 
 
+def test_a_client_that_answers_no_ping_is_dropped_and_its_answer_stopped(server, upstream):
+    prompt = marker()
+    with Client(server.url) as client:
+        client.prompt(f"{prompt} [demo tokens=50 gap=0.01 silence=3:30]")
+        client.until(lambda m: m["type"] == "token")
+        stalled_at = time.monotonic()
+        client.stalled = True  # reads nothing, so answers no ping: a frozen tab
+        record = upstream.ended(prompt, timeout=10)
+        # The next ping finds the last one unanswered: at most two heartbeats (0.3 s).
+        assert record["client_closed_at"] - stalled_at < 2 * 0.3 + SOON_S
+        client.stalled = False
+        with pytest.raises(EOFError):
+            while True:
+                client.receive(timeout=5)
+        assert client.close_code in (1008, None)  # told, if the frame got through
+
+
 def test_cancel_stops_its_own_answer_at_once_and_the_other_streams_on(server, upstream):
     first, second = marker(), marker()
     with Client(server.url) as client:
