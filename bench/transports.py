@@ -26,6 +26,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
@@ -237,6 +238,7 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=sorted(TRANSPORTS), action="append", help="these transports alone"
     )
+    parser.add_argument("--out", type=Path, default=servers.RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     demo = servers.Demo()
     stopwire = servers.stopwire(demo.url)
@@ -266,8 +268,8 @@ def main() -> None:
         f"{resumed['lost_or_duplicated']} lost or duplicated, "
         f"equal to the saved answer: {resumed['equal']}"
     )
-    servers.RESULTS.mkdir(parents=True, exist_ok=True)
-    out = servers.RESULTS / "transports.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "transports.json"
     out.write_text(
         json.dumps(
             {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import suite
+from bench import suite, transports
 from bench.client import CLOSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +116,22 @@ def test_capacity_search_reports_each_relay(report):
     assert all(s["tokens_per_s"] > 0 for s in steps)
     assert all(s["within"] == (s["added_p99_ms"] <= 20) for s in steps)
     assert "highest rate within 20 ms added p99" in report["md"]
+
+
+def test_the_transports_bench_stops_every_transport_and_resumes_exactly(tmp_path: Path):
+    command = ["bench.transports", "--trials", "2", "--cuts", "5", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "transports.json").read_text())
+    assert {row["transport"] for row in data["stops"]} == set(transports.TRANSPORTS)
+    for row in data["stops"]:
+        assert all(ms is not None and 0 <= ms < 1000 for ms in row["latencies_ms"]), row
+        assert sum(row["tokens_after"]) == 0, row
+    resumed = data["resume"]
+    assert resumed["cuts"] == 5 and resumed["equal"] and resumed["lost_or_duplicated"] == 0
