@@ -276,7 +276,7 @@ class StopwireState:
     def _provider_session(self) -> requests.Session:
         # Per process, after gunicorn forked and gevent patched the worker.
         if self._session is None or self._session_pid != os.getpid():
-            self._session = new_session(self.settings.pool_size)
+            self._session = new_session(self.settings.pool_size, self.provider.url)
             self._session_pid = os.getpid()
         return self._session
 

@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -22,9 +23,20 @@ from flask_stopwire.providers.base import (
 _KEY_LIKE = re.compile(r"\b(sk|key|ak)-[A-Za-z0-9_\-*.]{6,}")
 
 
-def new_session(pool_size: int) -> requests.Session:
-    """A session whose pool holds one connection per concurrent stream."""
+def new_session(pool_size: int, provider_url: str) -> requests.Session:
+    """A session whose pool holds one connection per concurrent stream.
+
+    What requests would read from the environment on every request (proxies and
+    NO_PROXY for the provider's URL, a CA bundle, .netrc) is read once, here: the provider
+    never changes, and that per-request lookup was about a tenth of a burst's CPU.
+    """
     session = requests.Session()
+    session.proxies.update(requests.utils.get_environ_proxies(provider_url))
+    session.verify = (
+        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    )
+    session.auth = requests.utils.get_netrc_auth(provider_url)
+    session.trust_env = False
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
