@@ -48,6 +48,20 @@ def give_up_after(sock: socket.socket, seconds: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(seconds * 1000)))
 
 
+def watch(client: Any, on_gone: Callable[[], object], give_up_s: float | None = None) -> Any:
+    """Watch `client` for its departure; `close()` what this returns when done.
+
+    `client` is a socket (its TCP state, `Watch`; with `give_up_s`, `give_up_after` too),
+    or anything with a `watch(on_gone)` of its own: a WebSocket's handler knows when its
+    socket closed before the kernel's state says so.
+    """
+    if hasattr(client, "watch"):
+        return client.watch(on_gone)
+    if give_up_s is not None:
+        give_up_after(client, give_up_s)
+    return Watch(client, on_gone)
+
+
 class Watch:
     """Calls `on_gone` (from the event loop) once the client is gone; `close()` stops it."""
 

@@ -185,8 +185,8 @@ class Generation:
         try:
             if client_sock is not None:
                 # Two heartbeats unacknowledged: the client's network is gone.
-                disconnect.give_up_after(client_sock, 2 * self.settings.heartbeat_s)
-                watcher = disconnect.Watch(client_sock, lambda: self._leave(viewer))
+                give_up_s = 2 * self.settings.heartbeat_s
+                watcher = disconnect.watch(client_sock, lambda: self._leave(viewer), give_up_s)
             if not self._pumping:
                 self._pumping = True
                 self._pump.start()

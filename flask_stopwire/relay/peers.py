@@ -192,7 +192,7 @@ def _relay_view(conn: socket.socket, client_sock: Any) -> Iterator[RelayEvent]:
     """A sibling's events for our client; our client leaving closes the connection."""
     watcher = None
     if client_sock is not None:
-        watcher = disconnect.Watch(client_sock, lambda: _hang_up(conn))
+        watcher = disconnect.watch(client_sock, lambda: _hang_up(conn))
     reader = conn.makefile("rb")
     try:
         for line in reader:

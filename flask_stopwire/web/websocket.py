@@ -30,6 +30,7 @@ the upgraded socket.
 import json
 import logging
 import socket
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -154,6 +155,35 @@ class _Writer:
         return getattr(self._sock, name)
 
 
+class Departure:
+    """The socket's answers learn here that their client left: from the handler, the
+    moment `receive()` says the socket closed (`relay.disconnect.watch` takes it in place
+    of a socket to watch)."""
+
+    def __init__(self) -> None:
+        self._watchers: list[Callable[[], object]] = []
+
+    def watch(self, on_gone: Callable[[], object]) -> "_Unwatch":
+        self._watchers.append(on_gone)
+        return _Unwatch(self._watchers, on_gone)
+
+    def left(self) -> None:
+        """Tell every viewer still watching (each stops its generation, or starts its grace)."""
+        for on_gone in list(self._watchers):
+            on_gone()
+
+
+class _Unwatch:
+    __slots__ = ("_on_gone", "_watchers")
+
+    def __init__(self, watchers: list[Callable[[], object]], on_gone: Callable[[], object]):
+        self._watchers, self._on_gone = watchers, on_gone
+
+    def close(self) -> None:
+        with suppress(ValueError):
+            self._watchers.remove(self._on_gone)
+
+
 class Answer:
     """One answer streaming on a socket: its events and the greenlet that sends them."""
 
@@ -178,6 +208,7 @@ class Channel:
         self.user_id = user_id
         self.limit = stopwire.settings.max_body_bytes
         self.answers: dict[str, Answer] = {}  # streaming on this socket, by generation id
+        self.departure = Departure()  # what its answers' viewers watch, as SSE's their socket
         self.done: set[str] = set()  # answers whose `done` this socket sent
         self.actions = {"prompt": self.prompt, "cancel": self.cancel, "resume": self.resume}
 
@@ -234,7 +265,9 @@ class Channel:
         with self.stopwire.admitted() as generation_id:
             request_ = ask(body, generation_id)
             generation = self.stopwire.generation_for(request_)
-            events = self.stopwire.run(generation, None, request_["message_id"] or "")
+            events = self.stopwire.run(
+                generation, self.departure, request_["message_id"] or ""
+            )
             meta = next(events)  # started: from now on closing `events` stops it
         self._start(generation.id, events, meta)
 
@@ -257,7 +290,7 @@ class Channel:
         after = _offset(body.get("last_event_id"))
         if generation_id in self.answers:
             raise ApiError(409, f"generation {generation_id!r} already streams on this socket")
-        events = open_events(self.user_id, generation_id, after, None)
+        events = open_events(self.user_id, generation_id, after, self.departure)
         self.done.discard(generation_id)
         self._start(generation_id, events)
 
@@ -291,7 +324,10 @@ class Channel:
         Each viewer leaves; a generation whose last viewer left stops (after its grace,
         if it asked for one) and is saved before this returns."""
         answers = list(self.answers.values())
-        gevent.killall([a.greenlet for a in answers if a.greenlet], timeout=END_WAIT_S)
+        self.departure.left()  # from here: each stops now, not after a kill's round trip
+        greenlets = [a.greenlet for a in answers if a.greenlet]
+        gevent.joinall(greenlets, timeout=END_WAIT_S)
+        gevent.killall(greenlets, timeout=END_WAIT_S)  # one stuck writing, say
         for answer in answers:
             with suppress(ValueError):  # still running in a greenlet that would not die
                 answer.events.close()  # one never sent from a greenlet (meta's send failed)
