@@ -265,9 +265,7 @@ class Channel:
         with self.stopwire.admitted() as generation_id:
             request_ = ask(body, generation_id)
             generation = self.stopwire.generation_for(request_)
-            events = self.stopwire.run(
-                generation, self.departure, request_["message_id"] or ""
-            )
+            events = self.stopwire.run(generation, self.departure, request_["message_id"] or "")
             meta = next(events)  # started: from now on closing `events` stops it
         self._start(generation.id, events, meta)
 
