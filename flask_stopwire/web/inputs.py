@@ -30,12 +30,18 @@ def json_body(required: bool) -> dict[str, Any]:
         return {}
     if content_type is None:
         raise ApiError(415, "send JSON with Content-Type: application/json")
+    return json_object(raw, "the body")
+
+
+def json_object(raw: str | bytes, what: str) -> dict[str, Any]:
+    """`raw` parsed as a JSON object; ApiError 400 naming `what` otherwise (malformed,
+    absurdly nested, or not an object)."""
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
-        raise ApiError(400, "the body must be a JSON object") from None
+        raise ApiError(400, f"{what} must be a JSON object") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
+        raise ApiError(400, f"{what} must be a JSON object")
     return body
 
 

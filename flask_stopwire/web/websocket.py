@@ -51,7 +51,7 @@ from flask_stopwire.state import StopwireState, get_stopwire
 from flask_stopwire.web.api import ask, stop_summary
 from flask_stopwire.web.errors import ApiError, error_response, register_json_errors
 from flask_stopwire.web.generations import open_events
-from flask_stopwire.web.inputs import MAX_SEEN_CHARS, seen_chars, text
+from flask_stopwire.web.inputs import MAX_SEEN_CHARS, json_object, seen_chars, text
 
 log = logging.getLogger(__name__)
 
@@ -391,13 +391,7 @@ class Channel:
         size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
         if size > self.limit:
             raise ApiError(413, f"a message must be at most {self.limit} bytes")
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise ApiError(400, "a message must be a JSON object") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "a message must be a JSON object")
-        return body
+        return json_object(raw, "a message")
 
 
 def _offset(value: Any) -> int | None:

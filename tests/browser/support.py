@@ -6,6 +6,8 @@ import time
 import uuid
 from pathlib import Path
 
+from playwright.sync_api import Page, expect
+
 ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT_S = 1.0  # the server's keepalive interval in these tests
 
@@ -54,3 +56,37 @@ def open_page(context, url: str):
     page.goto(url)
     page.get_by_role("textbox", name="Message").wait_for()
     return page
+
+
+def send(page: Page, text: str) -> None:
+    """Type `text` in the composer and send it."""
+    box = page.get_by_role("textbox", name="Message")
+    box.fill(text)
+    box.press("Enter")
+
+
+def answer(page: Page):
+    """The newest answer on the page."""
+    return page.locator("#messages .message.assistant").last
+
+
+def answer_text(page: Page) -> str:
+    return answer(page).locator(".message-text").text_content()
+
+
+def wait_words(page: Page, count: int) -> None:
+    """Wait until the newest answer shows at least `count` words."""
+    page.wait_for_function(
+        """count => {
+            const texts = document.querySelectorAll("#messages .assistant .message-text");
+            const last = texts[texts.length - 1];
+            return last && last.textContent.split(/\\s+/).filter(Boolean).length >= count;
+        }""",
+        arg=count,
+    )
+
+
+def expect_idle(page: Page) -> None:
+    """The composer is back: Send, not Stop."""
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    expect(page.get_by_role("button", name="Stop generating")).to_have_count(0)

@@ -16,11 +16,16 @@ from support import (
     ROOT,
     Server,
     Upstream,
+    answer,
+    answer_text,
+    expect_idle,
     free_port,
     marker,
     open_page,
+    send,
     tokens_after,
     wait_until,
+    wait_words,
 )
 
 SOON_S = 1.0  # "closed at once", generously
@@ -29,38 +34,6 @@ SOON_S = 1.0  # "closed at once", generously
 RECEIPT = re.compile(r"^provider closed \d+(\.\d)? ms after Stop · (0 tokens|1 token) after Stop$")
 LONG = "[demo tokens=400 gap=0.04]"  # about 16 s: always still running when we stop it
 SHORT = "[demo tokens=6 gap=0.01]"
-
-
-def send(page: Page, text: str) -> None:
-    box = page.get_by_role("textbox", name="Message")
-    box.fill(text)
-    box.press("Enter")
-
-
-def answer(page: Page):
-    return page.locator("#messages .message.assistant").last
-
-
-def answer_text(page: Page) -> str:
-    return answer(page).locator(".message-text").text_content()
-
-
-def wait_words(page: Page, count: int) -> None:
-    """Wait until the newest answer shows at least `count` words."""
-    page.wait_for_function(
-        """count => {
-            const texts = document.querySelectorAll("#messages .assistant .message-text");
-            const last = texts[texts.length - 1];
-            return last && last.textContent.split(/\\s+/).filter(Boolean).length >= count;
-        }""",
-        arg=count,
-    )
-
-
-def expect_idle(page: Page) -> None:
-    """The composer is back: Send, not Stop."""
-    expect(page.get_by_role("button", name="Send")).to_be_visible()
-    expect(page.get_by_role("button", name="Stop generating")).to_have_count(0)
 
 
 def stop_and_check(page: Page, upstream: Upstream, prompt: str, stop) -> tuple[str, dict]:

@@ -13,7 +13,19 @@ import time
 import pytest
 from cutter import Cutter
 from playwright.sync_api import Page, expect
-from support import HEARTBEAT_S, Server, marker, open_page, tokens_after, wait_until
+from support import (
+    HEARTBEAT_S,
+    Server,
+    answer,
+    answer_text,
+    expect_idle,
+    marker,
+    open_page,
+    send,
+    tokens_after,
+    wait_until,
+    wait_words,
+)
 
 SOON_S = 1.0  # "closed at once", generously
 SHORT_GRACE_S = 2.0  # STOPWIRE_MAX_RESUME_GRACE_S of the short-grace server
@@ -21,37 +33,6 @@ RECONNECTING = "Reconnecting…"
 RECEIPT = re.compile(r"^provider closed \d+(\.\d)? ms after Stop · (0 tokens|1 token) after Stop$")
 LONG = "[demo tokens=400 gap=0.04]"  # about 16 s: always still running when cut or stopped
 EVENTS = b"/events"  # in the request line of a reconnect (GET .../events)
-
-
-def send(page: Page, text: str) -> None:
-    box = page.get_by_role("textbox", name="Message")
-    box.fill(text)
-    box.press("Enter")
-
-
-def answer(page: Page):
-    return page.locator("#messages .message.assistant").last
-
-
-def answer_text(page: Page) -> str:
-    return answer(page).locator(".message-text").text_content()
-
-
-def wait_words(page: Page, count: int) -> None:
-    """Wait until the newest answer shows at least `count` words."""
-    page.wait_for_function(
-        """count => {
-            const texts = document.querySelectorAll("#messages .assistant .message-text");
-            const last = texts[texts.length - 1];
-            return last && last.textContent.split(/\\s+/).filter(Boolean).length >= count;
-        }""",
-        arg=count,
-    )
-
-
-def expect_idle(page: Page) -> None:
-    expect(page.get_by_role("button", name="Send")).to_be_visible()
-    expect(page.get_by_role("button", name="Stop generating")).to_have_count(0)
 
 
 def saved_answer(page: Page, server: Server, conversation_id: str = "") -> dict:

@@ -48,13 +48,7 @@ def test_a_client_that_leaves_stops_the_generation_and_is_not_told(
     make_generation: MakeGeneration, client: tuple[socket.socket, socket.socket]
 ) -> None:
     generation, transport = make_generation()
-    server_end, client_end = client
-    heard: list[RelayEvent] = []
-    reader = collect(generation.events(server_end), heard)
-    transport.text("Hello")
-    wait_until(lambda: len(heard) == 2)
-    client_end.close()
-    reader.get(timeout=2)
+    heard, _ = view_then_leave(generation, transport, client, "Hello")
     assert generation.outcome is not None
     assert (generation.outcome.status, generation.outcome.reason) == (
         "stopped",
@@ -64,23 +58,30 @@ def test_a_client_that_leaves_stops_the_generation_and_is_not_told(
     assert transport.closed_at is not None
 
 
-def grace_generation(
-    make_generation: MakeGeneration, grace_s: float
-) -> tuple[Generation, ScriptedTransport]:
-    return make_generation(grace_s=grace_s)
+def view_then_leave(
+    generation: Generation,
+    transport: ScriptedTransport,
+    client: tuple[socket.socket, socket.socket],
+    text: str,
+) -> tuple[list[RelayEvent], float]:
+    """A viewer on `client` hears meta and `text`, then its client leaves; what it heard
+    and when it left."""
+    server_end, client_end = client
+    heard: list[RelayEvent] = []
+    reader = collect(generation.events(server_end), heard)
+    transport.text(text)
+    wait_until(lambda: len(heard) == 2)
+    left = time.monotonic()
+    client_end.close()
+    reader.get(timeout=2)
+    return heard, left
 
 
 def test_within_its_grace_a_returning_viewer_gets_exactly_what_it_missed(
     make_generation: MakeGeneration, client: tuple[socket.socket, socket.socket]
 ) -> None:
-    generation, transport = grace_generation(make_generation, 5.0)
-    server_end, client_end = client
-    heard: list[RelayEvent] = []
-    reader = collect(generation.events(server_end), heard)
-    transport.text("One ")
-    wait_until(lambda: len(heard) == 2)
-    client_end.close()
-    reader.get(timeout=2)
+    generation, transport = make_generation(grace_s=5.0)
+    heard, _ = view_then_leave(generation, transport, client, "One ")
     assert generation.outcome is None  # it runs on
     transport.text("two ", "three ")
     wait_until(lambda: generation.text() == "One two three ")
@@ -99,15 +100,8 @@ def test_within_its_grace_a_returning_viewer_gets_exactly_what_it_missed(
 def test_nobody_back_within_the_grace_stops_it_as_a_disconnect(
     make_generation: MakeGeneration, client: tuple[socket.socket, socket.socket]
 ) -> None:
-    generation, transport = grace_generation(make_generation, 0.3)
-    server_end, client_end = client
-    heard: list[RelayEvent] = []
-    reader = collect(generation.events(server_end), heard)
-    transport.text("One ")
-    wait_until(lambda: len(heard) == 2)
-    left = time.monotonic()
-    client_end.close()
-    reader.get(timeout=2)
+    generation, transport = make_generation(grace_s=0.3)
+    _, left = view_then_leave(generation, transport, client, "One ")
     assert generation.wait_settled(3)
     waited = generation.stop_at - left  # type: ignore[operator]
     assert 0.25 <= waited < 1.3
@@ -119,13 +113,7 @@ def test_a_viewer_returning_after_the_end_gets_the_rest_and_done(
     make_generation: MakeGeneration, client: tuple[socket.socket, socket.socket]
 ) -> None:
     generation, transport = make_generation()
-    server_end, client_end = client
-    heard: list[RelayEvent] = []
-    reader = collect(generation.events(server_end), heard)
-    transport.text("Hello")
-    wait_until(lambda: len(heard) == 2)
-    client_end.close()
-    reader.get(timeout=2)
+    view_then_leave(generation, transport, client, "Hello")
     late = list(generation.events(after=2))
     assert [(e.kind, e.at) for e in late] == [("token", 5), ("done", 5)]
     assert late[0].data == "llo"
@@ -135,14 +123,8 @@ def test_a_viewer_returning_after_the_end_gets_the_rest_and_done(
 def test_an_explicit_stop_is_immediate_whatever_the_grace(
     make_generation: MakeGeneration, client: tuple[socket.socket, socket.socket]
 ) -> None:
-    generation, transport = grace_generation(make_generation, 30.0)
-    server_end, client_end = client
-    heard: list[RelayEvent] = []
-    reader = collect(generation.events(server_end), heard)
-    transport.text("One ")
-    wait_until(lambda: len(heard) == 2)
-    client_end.close()
-    reader.get(timeout=2)
+    generation, transport = make_generation(grace_s=30.0)
+    view_then_leave(generation, transport, client, "One ")
     generation.stop("user_stop")
     assert generation.wait_settled(2)
     assert generation.summary()["reason"] == "user_stop"
