@@ -90,9 +90,10 @@ def events(chunks: Iterable[bytes]) -> Iterator[Event]:
         return
 
 
-def event_data(chunks: Iterable[bytes]) -> Iterator[str]:
+def event_data(chunks: Iterable[bytes | None]) -> Iterator[str | None]:
     """The data of each event in body chunks, however they are split: what `events()`
     gives as `event.data`, for streams whose events are told apart by their data alone.
+    A None chunk (nothing ready yet: see providers/http.py `SocketBody`) is passed on.
 
     Read as `events()` reads: lines end in CRLF, LF or CR; comments and the other
     fields are skipped; an event without data is not dispatched; an event the body
@@ -103,6 +104,9 @@ def event_data(chunks: Iterable[bytes]) -> Iterator[str]:
     rest = b""  # an unfinished line; a CR at its end may be the first half of a CRLF
     data: list[bytes] = []
     for chunk in chunks:
+        if chunk is None:
+            yield None
+            continue
         if rest:
             chunk = rest + chunk
         held = b""

@@ -24,6 +24,7 @@ class AnthropicProvider(Endpoint):
 
     name = "anthropic"
     prefill = True  # a final assistant turn is continued natively
+    pauses = False  # its named events go through sseclient-py, which cannot pause
 
     def build_call(
         self, messages: list[Message], options: dict[str, Any] | None = None

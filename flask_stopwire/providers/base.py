@@ -68,6 +68,9 @@ class Provider(Protocol):
 
     name: str
     prefill: bool  # continues a final assistant turn natively (see flask_stopwire/history.py)
+    # `parse` passes a None chunk on as a None delta ("nothing ready yet"): its stream
+    # can then be read by whichever greenlet relays it, without blocking (relay/generation.py).
+    pauses: bool
 
     def build_call(
         self, messages: list[Message], options: dict[str, Any] | None = None
@@ -81,7 +84,10 @@ class Provider(Protocol):
         ...
 
     def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
-        """Turn raw body chunks into deltas; ends with a `finished` delta or raises."""
+        """Turn raw body chunks into deltas; ends with a `finished` delta or raises.
+
+        With `pauses`, chunks may be None and each such None yields a None delta.
+        """
         ...
 
 

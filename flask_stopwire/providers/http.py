@@ -4,7 +4,10 @@ import http.client
 import json
 import os
 import re
-from collections.abc import Iterator
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
@@ -75,13 +78,95 @@ def iter_body(response: requests.Response) -> Iterator[bytes]:
     goes through urllib3, which reads one HTTP chunk per call and three buffered reads
     per chunk: per token, on a busy worker, that is the relay's largest cost.
     """
+    source = _http_client_response(response)
+    if source is None:
+        return _mapped(response.iter_content(chunk_size=None))
+    return _mapped(_released(response, _dechunked(source, source.fp.read1)))
+
+
+class SocketBody:
+    """A plain chunked body read without ever blocking: `pieces` yields None when no
+    byte is ready, and its reader waits for `sock` to be readable (then `ready()`).
+
+    The event loop's own wait replaces gevent's per-read one (a failed `recv` and a
+    `Timeout` for every token). The idle limit is then the reader's to keep:
+    `last_data_at` says when bytes last came. TLS works the same way: its socket only
+    hands out whole records, and `pending()` says if a record was read only in part.
+    """
+
+    def __init__(self, response: requests.Response, source: http.client.HTTPResponse):
+        self.sock: socket.socket = response.raw.connection.sock
+        self.last_data_at = time.monotonic()
+        self._fp = source.fp
+        self._buffered = True  # http.client may have read the first bytes with the headers
+        self._ready = True
+        self._timeout = self.sock.gettimeout()
+        self.sock.settimeout(0.0)
+        self.pieces: Iterator[bytes | None] = _mapped(
+            _released(response, _dechunked(source, self._read), self._restore)
+        )
+
+    def ready(self) -> None:
+        """The socket became readable."""
+        self._ready = True
+
+    def _read(self, size: int) -> bytes | None:
+        if not self._ready:
+            return None
+        try:
+            if self._buffered:
+                data = self._fp.read1(size)  # what is buffered; b"" once it is empty
+                if data:
+                    return self._got(data)
+                self._buffered = False
+            data = self.sock.recv(size)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            self._buffered = False  # raised only once the buffer is empty
+            self._ready = False
+            return None
+        if len(data) < size and not _pending(self.sock):
+            self._ready = False  # read it all: wait for the socket before the next recv
+        return self._got(data)
+
+    def _got(self, data: bytes) -> bytes:
+        self.last_data_at = time.monotonic()
+        return data
+
+    def _restore(self) -> None:
+        self.sock.settimeout(self._timeout)  # before the pool hands the connection out again
+
+
+def socket_body(response: requests.Response) -> SocketBody | None:
+    """A `SocketBody` for a plain chunked body on a socket the event loop can watch."""
+    source = _http_client_response(response)
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if source is None or not isinstance(sock, socket.socket):
+        return None
+    return SocketBody(response, source)
+
+
+def _pending(sock: socket.socket) -> int:
+    pending = getattr(sock, "pending", None)  # TLS: bytes of a record already decrypted
+    return pending() if pending is not None else 0
+
+
+def _released(
+    response: requests.Response,
+    payload: Iterator[bytes | None],
+    before: Callable[[], None] | None = None,
+) -> Iterator[bytes | None]:
+    """The payload; read to its end, the connection goes back to the pool."""
+    yield from payload
+    if before is not None:
+        before()
+    response.raw.release_conn()
+
+
+def _mapped(pieces: Iterator[Any]) -> Iterator[Any]:
+    """The pieces, with transport failures mapped to ProviderErrors."""
     try:
-        source = _http_client_response(response)
-        if source is not None:
-            yield from _dechunked(source)
-            response.raw.release_conn()  # read to its end: the connection can be reused
-        else:
-            yield from response.iter_content(chunk_size=None)
+        yield from pieces
     except TimeoutError as exc:
         raise ProviderTimeout("provider went silent past the idle limit") from exc
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -93,6 +178,7 @@ def iter_body(response: requests.Response) -> Iterator[bytes]:
 
 
 _MAX_LINE = 4096  # a chunk-size line or trailer longer than this is not HTTP
+_READ_SIZE = 65536
 
 
 def _http_client_response(response: requests.Response) -> Any:
@@ -112,17 +198,22 @@ def _http_client_response(response: requests.Response) -> Any:
     return source
 
 
-def _dechunked(source: http.client.HTTPResponse) -> Iterator[bytes]:
-    """The payload of a chunked body, one piece per socket read; ends at the last chunk.
+def _dechunked(
+    source: http.client.HTTPResponse, read: Callable[[int], bytes | None]
+) -> Iterator[bytes | None]:
+    """The payload of a chunked body, one piece per read; ends at the last chunk.
 
-    At the end the http.client response is closed as its own reader would close it,
-    so urllib3 hands the connection back to the pool.
+    `read(size)` returns bytes, b"" at the end of the connection, or None when nothing
+    is ready (passed on as None). At the end the http.client response is closed as
+    its own reader would close it, so urllib3 hands the connection back to the pool.
     """
-    fp = source.fp
     buffer = b""
     left = 0  # payload bytes still to come in the current chunk
     while True:
-        data = fp.read1(65536)
+        data = read(_READ_SIZE)
+        if data is None:
+            yield None
+            continue
         if not data:
             raise ProviderDisconnected("provider connection dropped mid-stream")
         if left >= len(data):
@@ -151,7 +242,7 @@ def _dechunked(source: http.client.HTTPResponse) -> Iterator[bytes]:
             if size == 0:
                 if pieces:
                     yield b"".join(pieces)
-                _read_trailers(fp, buffer[end + 2 :])
+                yield from _trailers(read, buffer[end + 2 :])
                 source._close_conn()
                 return
             payload = buffer[end + 2 : end + 2 + size]
@@ -164,12 +255,15 @@ def _dechunked(source: http.client.HTTPResponse) -> Iterator[bytes]:
             yield b"".join(pieces)
 
 
-def _read_trailers(fp: Any, buffer: bytes) -> None:
-    """Read up to the blank line that ends the trailers (usually right away)."""
+def _trailers(read: Callable[[int], bytes | None], buffer: bytes) -> Iterator[None]:
+    """Read up to the blank line that ends the trailers (usually there already)."""
     while b"\r\n\r\n" not in b"\r\n" + buffer:
         if len(buffer) > _MAX_LINE:
             raise ProviderDisconnected("provider sent a malformed chunked body")
-        data = fp.read1(_MAX_LINE)
+        data = read(_MAX_LINE)
+        if data is None:
+            yield None
+            continue
         if not data:
             raise ProviderDisconnected("provider connection dropped mid-stream")
         buffer += data

@@ -30,6 +30,7 @@ class OllamaProvider(Endpoint):
 
     name = "ollama"
     prefill = False
+    pauses = True
 
     def build_call(
         self, messages: list[Message], options: dict[str, Any] | None = None
@@ -46,9 +47,12 @@ class OllamaProvider(Endpoint):
             body["options"] = sampling
         return ProviderCall(f"{self.url}/api/chat", body, headers)
 
-    def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
-        """Deltas from each complete line; the `done` line ends the answer."""
+    def parse(self, chunks: Iterable[bytes | None]) -> Iterator[Delta | None]:
+        """Deltas from each complete line; the `done` line ends the answer; None passed on."""
         for line in _lines(chunks):
+            if line is None:
+                yield None
+                continue
             data = json_object(line)
             if "error" in data:
                 raise ProviderStreamError(str(data["error"]))
@@ -61,14 +65,17 @@ class OllamaProvider(Endpoint):
                 return
 
 
-def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Whole non-empty lines, however the chunks split them.
+def _lines(chunks: Iterable[bytes | None]) -> Iterator[bytes | None]:
+    """Whole non-empty lines, however the chunks split them; None passed on.
 
     Ollama ends every line with a newline, so a last line without one was cut
     off mid-way: dropped, so the relay reports a disconnect, not a malformed line.
     """
     pending = b""
     for chunk in chunks:
+        if chunk is None:
+            yield None
+            continue
         pending += chunk
         *complete, pending = pending.split(b"\n")
         yield from (line for line in complete if line.strip())

@@ -21,6 +21,7 @@ class OpenAIProvider(Endpoint):
 
     name = "openai"
     prefill = False
+    pauses = True
 
     def build_call(
         self, messages: list[Message], options: dict[str, Any] | None = None
@@ -38,14 +39,17 @@ class OpenAIProvider(Endpoint):
         }
         return ProviderCall(f"{self.url}/chat/completions", body, headers)
 
-    def parse(self, chunks: Iterable[bytes]) -> Iterator[Delta]:
-        """Deltas from `data:` chunks; `[DONE]` ends the answer.
+    def parse(self, chunks: Iterable[bytes | None]) -> Iterator[Delta | None]:
+        """Deltas from `data:` chunks; `[DONE]` ends the answer; None passed on.
 
         Its events are told apart by their data alone, so the lighter `event_data`
         reads them (sseclient-py still reads the protocols that name their events).
         """
         saw_finish_reason = False
         for data in event_data(chunks):
+            if data is None:
+                yield None
+                continue
             if data[:1] != "{" and data.strip() == "[DONE]":
                 yield Delta(finished=True)
                 return

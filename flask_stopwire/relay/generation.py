@@ -1,9 +1,15 @@
 """The relay: one generation streamed from a provider to its viewers, stoppable at once.
 
-A pump greenlet per generation, and per viewer a handler greenlet and a watcher:
+Per viewer a handler greenlet and a watcher; per generation a pump greenlet while needed:
 
-- the **pump** greenlet opens the provider stream and parses it into the list of
-  text received, waking the viewers that sleep; it records the outcome when it ends;
+- the **pump** greenlet opens the provider stream. Once it is open, whoever relays
+  reads it: the pump only while no viewer is attached (a grace), otherwise one
+  viewer's handler (the **reader**). A stream a provider can pause (its parser
+  passes "nothing ready yet" on: providers/http.py `SocketBody`) is read without
+  blocking, so the reader's one wait covers the provider's socket, its heartbeat and
+  a stop: a token goes from the socket to the client in one greenlet, with no
+  hand-off, and the pump's stack is freed once the stream is open. Other streams are
+  read by the pump to their end, waking the viewers as text arrives;
 - a **viewer**'s handler greenlet iterates `Generation.events()` (a wire format
   encodes them and the server writes them): it sleeps until there is text it has not
   sent, the outcome is decided or a heartbeat is due, and sends everything that
@@ -13,14 +19,15 @@ A pump greenlet per generation, and per viewer a handler greenlet and a watcher:
   sees its client's socket close.
 
 When the last viewer leaves, the generation stops at once, unless it was given a
-grace (`grace_s`): then it runs on that long for a viewer to come back.
+grace (`grace_s`): then it runs on that long for a viewer to come back, the pump
+reading it.
 
 A stop (the client left, or asked) decides the outcome and shuts the provider socket
-down (the provider sees our FIN at once); the pump's blocked read wakes to the end of
-the stream, or, before the provider has answered, a kill lands in its connect. The
-connection is closed in the pump's own greenlet: never by a cross-greenlet
-`Response.close()`, which fails on a read in progress. A viewer's `finally` closes its
-watcher before gunicorn reads the next keep-alive request.
+down (the provider sees our FIN at once); the reader wakes to it, closes the
+connection and records the outcome (`_finish`); before the provider has answered, a
+kill lands in the pump's connect. The connection is closed by its reader: never by a
+cross-greenlet `Response.close()`, which fails on a read in progress. A viewer's
+`finally` closes its watcher before gunicorn reads the next keep-alive request.
 
 Race rule: the first outcome decided wins. A stop that arrives after the provider's
 final event was parsed reports `complete`; a stop before it reports `stopped`.
@@ -37,6 +44,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.socket
 import requests
 from gevent.hub import Waiter, get_hub
 
@@ -49,12 +57,13 @@ from flask_stopwire.providers.base import (
     ProviderTimeout,
     Usage,
 )
-from flask_stopwire.providers.http import iter_body, open_stream
+from flask_stopwire.providers.http import SocketBody, iter_body, open_stream, socket_body
 from flask_stopwire.relay import disconnect
 
 log = logging.getLogger(__name__)
 
 _DRAIN_S = 1.0
+_PUMP = "pump"  # the reader while no viewer reads
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,17 @@ class Generation:
         self._response: requests.Response | None = None
         self._pump = gevent.Greenlet(self._read_provider)
         self._pumping = False
+        # The open stream: its body's pieces, the deltas parsed from them and, for a
+        # stream read without blocking, its socket body, the loop's watcher of that
+        # socket and the idle-limit timer. `_reader` is who reads it now.
+        self._pieces: Iterator[bytes | None] | None = None
+        self._deltas: Iterator[Delta | None] | None = None
+        self._body: SocketBody | None = None
+        self._io: Any = None
+        self._idle_timer: Any = None
+        self._reader: Any = None  # _PUMP, a Viewer, or None
+        self._pump_waiter: Waiter | None = None
+        self._finished = False
 
     # -- a viewer's handler greenlet ---------------------------------------------------
 
@@ -202,6 +222,7 @@ class Generation:
                 watcher.close()
             # Still attached here means the server closed us after a failed write.
             self._leave(viewer)
+            self._hand_over(viewer)
             if self.stop_at is not None:
                 self.wait_settled(_DRAIN_S + 2)  # the provider is closed when we return
 
@@ -248,22 +269,51 @@ class Generation:
                     viewer.last_sent = time.monotonic()
                     yield RelayEvent("token", text, viewer.at)
                 elif self.outcome is not None:
+                    if self._claim(viewer):
+                        self._finish()  # its reader closes the stream and records the end
                     return
                 elif viewer.heartbeat_due:
                     viewer.heartbeat_due = False
                     self.heartbeats += 1
                     viewer.last_sent = time.monotonic()
                     yield RelayEvent("keepalive", None, viewer.at)
+                elif self._claim(viewer):
+                    if not self._read_ready():
+                        self._io.start(self._readable)
+                        self._sleep(hub, viewer)
                 else:
-                    viewer.waiter = waiter = Waiter(hub)
-                    try:
-                        waiter.get()
-                    finally:
-                        viewer.waiter = None
+                    self._sleep(hub, viewer)
         finally:
             if viewer.timer is not None:
                 viewer.timer.close()
                 viewer.timer = None
+
+    def _sleep(self, hub: Any, viewer: Viewer) -> None:
+        """Until woken: text, an outcome, a heartbeat, its client gone or, once it is
+        the reader, the provider's socket readable."""
+        viewer.waiter = waiter = Waiter(hub)
+        try:
+            waiter.get()
+        finally:
+            viewer.waiter = None
+            if self._io is not None and self._reader is viewer:
+                self._io.stop()
+
+    def _readable(self) -> None:
+        """In the hub: the provider's socket has bytes (or its end): wake its reader
+        straight from the loop (no callback queued behind the other greenlets)."""
+        self._io.stop()
+        assert self._body is not None
+        self._body.ready()
+        reader = self._reader
+        if reader is _PUMP:
+            waiter, self._pump_waiter = self._pump_waiter, None
+        elif reader is not None:
+            waiter, reader.waiter = reader.waiter, None
+        else:
+            waiter = None
+        if waiter is not None:
+            waiter.switch(None)
 
     def _arm_heartbeat(self, viewer: Viewer, after_s: float) -> None:
         if viewer.timer is not None:
@@ -288,6 +338,10 @@ class Generation:
     def _wake(self) -> None:
         for viewer in self._viewers:
             viewer.wake()
+        waiter = self._pump_waiter
+        if waiter is not None:
+            self._pump_waiter = None
+            get_hub().loop.run_callback(waiter.switch, None)
 
     def _final_events(self, viewer: Viewer) -> Iterator[RelayEvent]:
         outcome = self.outcome
@@ -414,48 +468,170 @@ class Generation:
                 self._grace_timer = None
             self._wake()
 
-    # -- the pump greenlet ----------------------------------------------------------
+    # -- reading the provider: the pump, or the viewer that is its reader --------------
 
     def _read_provider(self) -> None:
-        response = None
+        """The pump greenlet: open the provider's stream, then read it while no viewer does."""
+        handed_over = False
         try:
-            if self.before_call is not None:
-                self.before_call(self)
-                if self.outcome is not None:
-                    return  # stopped before it asked the provider anything
-            call = self.provider.build_call(self.messages, self.options)
-            timeouts = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
-            response = self._response = open_stream(
-                self.session, call, timeouts, self.settings.api_key
-            )
-            body = iter_body(response)
-            for delta in self.provider.parse(body):
+            if self._open():
+                handed_over = self._read_on()
+        except ProviderError as exc:
+            self._fail(exc)
+        except Exception:
+            self._fail_unexpectedly()
+        finally:
+            if not handed_over:
+                self._finish()
+
+    def _open(self) -> bool:
+        """Ask the provider for the stream; False if stopped before that."""
+        if self.before_call is not None:
+            self.before_call(self)
+            if self.outcome is not None:
+                return False  # stopped before it asked the provider anything
+        call = self.provider.build_call(self.messages, self.options)
+        timeouts = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
+        response = self._response = open_stream(self.session, call, timeouts, self.settings.api_key)
+        body = socket_body(response) if getattr(self.provider, "pauses", False) else None
+        self._pieces = body.pieces if body is not None else iter_body(response)
+        self._deltas = self.provider.parse(self._pieces)
+        if body is not None:
+            self._body = body
+            self._io = get_hub().loop.io(body.sock.fileno(), 1)  # 1: readable
+            self._arm_idle_check(self.settings.read_timeout_s)
+        self._reader = _PUMP
+        return True
+
+    def _read_on(self) -> bool:
+        """In a pump: read until the outcome, or True once a viewer can read instead.
+
+        A stream that cannot pause is read here to its end.
+        """
+        while self.outcome is None:
+            if self._read_ready():
+                continue
+            if self._viewers and self._io is not None:
+                # Nothing ready: a viewer reads on, with no hand-off between greenlets
+                # per token. One that sleeps is woken by the socket itself.
+                viewer = self._reader = self._viewers[0]
+                if viewer.waiter is not None:
+                    self._io.start(self._readable)
+                return True
+            self._pump_sleep()
+        return False
+
+    def _pump_on(self) -> None:
+        """A pump started once the last viewer left within its grace."""
+        if not self._read_on():
+            self._finish()
+
+    def _pump_sleep(self) -> None:
+        self._pump_waiter = waiter = Waiter(get_hub())
+        self._io.start(self._readable)
+        try:
+            waiter.get()
+        finally:
+            self._pump_waiter = None
+            if self._io is not None:
+                self._io.stop()
+
+    def _claim(self, viewer: Viewer) -> bool:
+        """True if this viewer reads the provider's stream (claiming it if nobody does)."""
+        if self._io is None or self._finished:
+            return False
+        if self._reader is None:
+            self._reader = viewer
+        return self._reader is viewer
+
+    def _hand_over(self, viewer: Viewer) -> None:
+        """A viewer is done: if nobody reads the stream now, finish it or let someone read."""
+        if self._reader is viewer:
+            self._reader = None
+        if self._reader is not None or self._io is None or self._finished:
+            return
+        if self.outcome is not None:
+            self._finish()
+        elif self._viewers:
+            self._wake()  # one of them claims it
+        else:
+            self._reader = _PUMP  # runs on through its grace
+            gevent.spawn(self._pump_on)
+
+    def _read_ready(self) -> bool:
+        """Take what the provider sent that is ready: False if there was nothing."""
+        assert self._deltas is not None
+        took = False
+        try:
+            for delta in self._deltas:
+                if delta is None:
+                    return took  # nothing more until its socket is readable
+                took = True
                 self._take(delta)
                 if delta.finished:
                     self._decide(Outcome("complete"))
-                    self._settle()  # the viewers hear the end now, not after the drain
-                    _drain(response, body)
-                    return
+                    return True
             raise ProviderDisconnected("the provider ended the stream before the answer was done")
         except ProviderError as exc:
-            if self.outcome is not None:
-                return  # our own stop cut the read: nothing failed
-            reason = "timeout" if isinstance(exc, ProviderTimeout) else "upstream_error"
-            log.warning("generation %s failed: %s (%s)", self.id, exc.type, exc)
-            self._decide(Outcome("error", reason, {"type": exc.type, "message": str(exc)}))
+            self._fail(exc)
         except Exception:
-            log.exception("generation %s failed unexpectedly", self.id)
-            error = {"type": "internal_error", "message": "internal error; see the server log"}
-            self._decide(Outcome("error", "internal", error))
-        finally:
-            if response is not None:
-                # Read to its end, requests' close() would skip the body: close it here
-                # (a connection already handed back to the pool stays open).
-                response.raw.close()
-                response.close()
-            if self.closed_at is None:
-                self.closed_at = time.monotonic()
-            self._settle()
+            self._fail_unexpectedly()
+        return True
+
+    def _fail(self, exc: ProviderError) -> None:
+        if self.outcome is not None:
+            return  # our own stop cut the read: nothing failed
+        reason = "timeout" if isinstance(exc, ProviderTimeout) else "upstream_error"
+        log.warning("generation %s failed: %s (%s)", self.id, exc.type, exc)
+        self._decide(Outcome("error", reason, {"type": exc.type, "message": str(exc)}))
+
+    def _fail_unexpectedly(self) -> None:
+        log.exception("generation %s failed unexpectedly", self.id)
+        error = {"type": "internal_error", "message": "internal error; see the server log"}
+        self._decide(Outcome("error", "internal", error))
+
+    def _arm_idle_check(self, after_s: float) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.close()
+        self._idle_timer = get_hub().loop.timer(max(after_s, 0.0))
+        self._idle_timer.start(self._idle_check)
+
+    def _idle_check(self) -> None:
+        """In the hub: the provider's idle limit, kept here for a socket that never blocks
+        (re-armed once per limit, not per read)."""
+        assert self._body is not None
+        limit = self.settings.read_timeout_s
+        idle = time.monotonic() - self._body.last_data_at
+        if idle < limit:
+            self._arm_idle_check(limit - idle)
+        else:
+            self._fail(ProviderTimeout("provider went silent past the idle limit"))
+
+    def _finish(self) -> None:
+        """Close the provider's stream and record the outcome: once, by its last reader."""
+        if self._finished:
+            return
+        self._finished = True
+        self._reader = None
+        if self._io is not None:
+            self._io.close()  # before its socket closes
+            self._io = None
+        if self._idle_timer is not None:
+            self._idle_timer.close()
+            self._idle_timer = None
+        response = self._response
+        if response is not None:
+            if self.outcome is not None and self.outcome.status == "complete":
+                self._settle()  # the viewers hear the end now, not after the drain
+                if self._body is None:
+                    _drain_and_close(response, self._pieces)
+                else:  # by now the reader may be a viewer: it must not wait here
+                    gevent.spawn(_drain_and_close, response, self._pieces, self._body)
+            else:
+                _close(response)
+        if self.closed_at is None:
+            self.closed_at = time.monotonic()
+        self._settle()
 
     def _take(self, delta: Delta) -> None:
         if delta.usage is not None:
@@ -472,15 +648,29 @@ class Generation:
             self._wake()
 
 
-def _drain(response: requests.Response, body: Iterator[bytes]) -> None:
-    """Read the little that follows the final event so the connection can be pooled.
+def _drain_and_close(
+    response: requests.Response, pieces: Any, body: SocketBody | None = None
+) -> None:
+    """Read the little that follows the final event so the connection can be pooled,
+    then close the response (a connection handed back to the pool stays open).
 
     Through the same reader as the rest of the body: it may hold bytes already read.
     """
     with gevent.Timeout(_DRAIN_S, False):
         try:
-            for _ in body:
-                pass
+            for piece in pieces:
+                if piece is None:  # a socket body with nothing ready
+                    assert body is not None
+                    gevent.socket.wait_read(body.sock.fileno())
+                    body.ready()
         except ProviderError:
-            return  # cut after the final event: nothing to pool
-        response.raw.drain_conn()
+            pass  # cut after the final event: nothing to pool
+        else:
+            response.raw.drain_conn()
+    _close(response)
+
+
+def _close(response: requests.Response) -> None:
+    # Read to its end, requests' close() would skip the body: close it here.
+    response.raw.close()
+    response.close()

@@ -42,7 +42,7 @@ class Source:
 
 def read(pieces: list[bytes]) -> tuple[bytes, Source]:
     source = Source(pieces)
-    return b"".join(_dechunked(source)), source  # type: ignore[arg-type]
+    return b"".join(_dechunked(source, source.fp.read1)), source  # type: ignore[arg-type]
 
 
 def test_payload_of_a_body_in_one_piece():
@@ -65,7 +65,7 @@ def test_payload_however_the_body_is_split():
 
 def test_nothing_is_read_past_the_end_of_the_body():
     source = Source([chunked([b"hi"]), b"next response"])
-    assert b"".join(_dechunked(source)) == b"hi"  # type: ignore[arg-type]
+    assert b"".join(_dechunked(source, source.fp.read1)) == b"hi"  # type: ignore[arg-type]
     assert source.closed
 
 
@@ -81,3 +81,21 @@ def test_a_malformed_size_line_is_a_disconnect():
         read([b"zz\r\nhello\r\n0\r\n\r\n"])
     with pytest.raises(ProviderDisconnected):
         read([b"1" * 5000])
+
+
+def test_nothing_ready_is_passed_on_and_the_payload_still_whole():
+    """A reader that says "nothing yet" (None) between pieces: each None comes out as a
+    None, and the payload is the same however the body is split around them."""
+    body = chunked(PAYLOADS, b"X-Trailer: 1\r\n")
+    rng = random.Random(13)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(body)), rng.randint(1, 12)))
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        script: list[bytes | None] = []
+        for piece in pieces:
+            script += [None] * rng.randint(0, 2) + [piece]
+        source = Source([])
+        reads = iter(script)
+        out = list(_dechunked(source, lambda _size, reads=reads: next(reads, b"")))  # type: ignore[arg-type]
+        assert b"".join(p for p in out if p is not None) == b"".join(PAYLOADS), pieces
+        assert out.count(None) == script.count(None) and source.closed

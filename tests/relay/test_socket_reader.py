@@ -1,0 +1,231 @@
+"""`Generation` reading a real provider socket without blocking: the viewer is the reader.
+
+The provider is a small HTTP server on a thread of its own (this process is not
+monkey-patched, so requests' sockets are plain ones; libev watches them the same way).
+It sends a chunked OpenAI stream piece by piece as the test says, and records when its
+client closed the connection. What is checked here is what only a socket shows: the
+viewer reads the provider itself (the pump greenlet is gone once the stream is open),
+its one wait covers the socket, its heartbeat and a stop, the idle limit is kept without
+a socket timeout, a grace hands the reading to a pump and back, bytes that came with
+the headers are not left waiting, and a finished connection goes back to the pool as
+it was.
+"""
+
+import json
+import queue
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+import requests
+from transport import wait_until
+
+from flask_stopwire.providers import make_provider
+from flask_stopwire.providers.base import Message
+from flask_stopwire.relay.generation import Generation, RelayEvent, RelaySettings
+
+_END = b""  # the last chunk
+
+
+def chunk(*texts: str) -> bytes:
+    """The SSE events of an OpenAI stream carrying these texts."""
+    return b"".join(
+        b"data: %s\n\n" % json.dumps({"choices": [{"delta": {"content": t}}]}).encode()
+        for t in texts
+    )
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class ThreadProvider:
+    """One streaming answer over one real connection, sent as the test says."""
+
+    HEAD = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+    def __init__(self, first: bytes | None = None):
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1"
+        self.closed_at: float | None = None  # when its client's FIN or RST came
+        self._first = first  # sent in the same write as the headers
+        self._sends: queue.Queue[bytes] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def send(self, data: bytes) -> None:
+        """One chunk now (`_END`: the last chunk)."""
+        self._sends.put(data)
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        with conn:
+            _read_request(conn)
+            conn.sendall(self.HEAD + (_framed(self._first) if self._first else b""))
+            while self.closed_at is None:
+                try:
+                    conn.sendall(_framed(self._sends.get(timeout=0.002)))
+                except queue.Empty:
+                    pass
+                except OSError:
+                    self.closed_at = time.monotonic()
+                if select.select([conn], [], [], 0)[0] and not _recv(conn):
+                    self.closed_at = time.monotonic()
+
+
+def _framed(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b"0\r\n\r\n"
+
+
+def _recv(conn: socket.socket) -> bytes:
+    try:
+        return conn.recv(65536)
+    except OSError:
+        return b""
+
+
+def _read_request(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
+@pytest.fixture
+def provider() -> Iterator[ThreadProvider]:
+    server = ThreadProvider()
+    yield server
+    server.close()
+
+
+def make(provider: ThreadProvider, **settings: float) -> Generation:
+    relay_settings = RelaySettings(
+        heartbeat_s=settings.get("heartbeat_s", 60.0),
+        connect_timeout_s=2,
+        read_timeout_s=settings.get("read_timeout_s", 10.0),
+    )
+    return Generation(
+        make_provider("openai", provider.url, "", "m"),
+        [Message("user", "hi")],
+        requests.Session(),
+        relay_settings,
+        grace_s=settings.get("grace_s", 0.0),
+    )
+
+
+def next_event(events: Iterator[RelayEvent], timeout: float = 2.0) -> RelayEvent:
+    """The next event, which must come within `timeout` seconds."""
+    with gevent.Timeout(timeout, AssertionError(f"no event within {timeout}s")):
+        return next(events)
+
+
+def test_the_viewer_reads_the_provider_and_the_pump_is_gone(provider: ThreadProvider) -> None:
+    generation = make(provider)
+    events = generation.events()
+    assert next_event(events).kind == "meta"
+    provider.send(chunk("Hello"))
+    assert next_event(events) == RelayEvent("token", "Hello")
+    assert generation._pump.dead  # its stack is freed: the viewer reads on
+    provider.send(chunk(" there", ", you"))  # two events in one read: one frame
+    assert next_event(events) == RelayEvent("token", " there, you")
+    provider.send(DONE)
+    provider.send(_END)
+    rest = list(events)
+    assert [e.kind for e in rest] == ["done"] and rest[0].data["status"] == "complete"
+    assert generation.text() == "Hello there, you"
+
+
+def test_bytes_that_came_with_the_headers_are_read_at_once() -> None:
+    """The first event shares the headers' packet: nothing more comes for a while, so the
+    socket never turns readable again; the viewer must still get it now."""
+    provider = ThreadProvider(first=chunk("early"))
+    try:
+        events = make(provider).events()
+        assert next_event(events).kind == "meta"
+        assert next_event(events, timeout=1.0) == RelayEvent("token", "early")
+    finally:
+        provider.close()
+
+
+def test_heartbeats_while_the_provider_is_silent(provider: ThreadProvider) -> None:
+    events = make(provider, heartbeat_s=0.05).events()
+    assert next_event(events).kind == "meta"
+    assert [next_event(events).kind for _ in range(3)] == ["keepalive"] * 3
+    provider.send(chunk("late"))
+    kinds = [next_event(events) for _ in range(2)]
+    assert RelayEvent("token", "late") in kinds
+
+
+def test_a_stop_while_the_reader_waits_closes_the_provider_at_once(
+    provider: ThreadProvider,
+) -> None:
+    generation = make(provider)
+    events = generation.events()
+    assert next_event(events).kind == "meta"
+    provider.send(chunk("one"))
+    assert next_event(events) == RelayEvent("token", "one")
+    gevent.spawn_later(0.05, generation.stop, "user_stop")
+    rest = list(events)
+    assert rest[-1].data["status"] == "stopped" and rest[-1].data["reason"] == "user_stop"
+    wait_until(lambda: provider.closed_at is not None)
+    assert provider.closed_at - generation.stop_at < 0.5  # type: ignore[operator]
+
+
+def test_the_idle_limit_holds_without_a_socket_timeout(provider: ThreadProvider) -> None:
+    generation = make(provider, read_timeout_s=0.2)
+    events = generation.events()
+    assert next_event(events).kind == "meta"
+    provider.send(chunk("a"))
+    assert next_event(events) == RelayEvent("token", "a")
+    began = time.monotonic()
+    rest = list(events)
+    assert [e.kind for e in rest] == ["error", "done"]
+    assert rest[-1].data["reason"] == "timeout"
+    assert 0.1 < time.monotonic() - began < 2.0
+    wait_until(lambda: provider.closed_at is not None)
+
+
+def test_within_a_grace_a_pump_reads_on_and_a_returning_viewer_takes_over(
+    provider: ThreadProvider,
+) -> None:
+    generation = make(provider, grace_s=5.0)
+    first = generation.events()
+    assert next_event(first).kind == "meta"
+    provider.send(chunk("seen"))
+    assert next_event(first) == RelayEvent("token", "seen")
+    first.close()  # the client left: nobody views, so a pump reads on
+    provider.send(chunk(" while away"))
+    wait_until(lambda: generation.text() == "seen while away")
+    back = generation.events(after=4)
+    assert next_event(back) == RelayEvent("token", " while away")
+    provider.send(chunk(" and back"))
+    assert next_event(back) == RelayEvent("token", " and back")
+    wait_until(lambda: generation._reader is not None and generation._reader != "pump")
+    provider.send(DONE)
+    provider.send(_END)
+    assert list(back)[-1].data["status"] == "complete"
+
+
+def test_a_finished_connection_goes_back_to_the_pool_as_it_was(provider: ThreadProvider) -> None:
+    generation = make(provider, read_timeout_s=7.0)
+    events = generation.events()
+    provider.send(chunk("x"))
+    provider.send(DONE)
+    provider.send(_END)
+    assert list(events)[-1].data["status"] == "complete"
+    pool = generation._response.raw._pool  # type: ignore[union-attr]
+    wait_until(lambda: any(conn is not None for conn in list(pool.pool.queue)))
+    pooled = [conn for conn in list(pool.pool.queue) if conn is not None]
+    assert len(pooled) == 1 and pool.num_connections == 1
+    assert pooled[0].sock is not None and pooled[0].sock.gettimeout() == 7.0
