@@ -509,17 +509,29 @@ class Generation:
         A stream that cannot pause is read here to its end.
         """
         while self.outcome is None:
-            if self._read_ready():
-                continue
             if self._viewers and self._io is not None:
-                # Nothing ready: a viewer reads on, with no hand-off between greenlets
-                # per token. One that sleeps is woken by the socket itself.
-                viewer = self._reader = self._viewers[0]
-                if viewer.waiter is not None:
-                    self._io.start(self._readable)
+                self._hand_to(self._viewers[0])
                 return True
-            self._pump_sleep()
+            if not self._read_ready():
+                self._pump_sleep()
         return False
+
+    def _hand_to(self, viewer: Viewer) -> None:
+        """Make a viewer the reader: no hand-off between greenlets per token from now on.
+
+        One that sleeps is woken from the loop's next turn (a timer, not a callback: on
+        a busy worker the callback queue holds every new chat's start) to read what the
+        pump left unread, bytes that came with the headers included.
+        """
+        self._reader = viewer
+        if viewer.waiter is not None:
+            timer = get_hub().loop.timer(0)
+            timer.start(self._wake_reader, timer)
+
+    def _wake_reader(self, timer: Any) -> None:
+        timer.close()
+        if self._io is not None:
+            self._readable()
 
     def _pump_on(self) -> None:
         """A pump started once the last viewer left within its grace."""
