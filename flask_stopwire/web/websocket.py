@@ -156,9 +156,10 @@ class _Writer:
 
 
 class Departure:
-    """The socket's answers learn here that their client left: from the handler, the
-    moment `receive()` says the socket closed (`relay.disconnect.watch` takes it in place
-    of a socket to watch)."""
+    """The socket's answers learn here that their client left (`relay.disconnect.watch`
+    takes it in place of a socket to watch): from simple-websocket's reader the moment it
+    sees the close frame or the end of the socket (`_ClosedSignal`), or else from the
+    handler when `receive()` says the socket closed."""
 
     def __init__(self) -> None:
         self._watchers: list[Callable[[], object]] = []
@@ -171,6 +172,30 @@ class Departure:
         """Tell every viewer still watching (each stops its generation, or starts its grace)."""
         for on_gone in list(self._watchers):
             on_gone()
+
+
+class _ClosedSignal:
+    """simple-websocket's `event`, which its reader sets for every message and once the
+    socket closed; on that last one the answers hear of it at once, from the reader.
+
+    Without it they heard from the handler, after the reader had replied to the close
+    frame and the handler's wake-up had waited its turn on the loop: a WebSocket close
+    took about 0.5 ms longer to reach the provider than an HTTP client's FIN.
+    """
+
+    def __init__(self, ws: Server, on_closed: Callable[[], object]):
+        self._ws = ws
+        self._event = ws.event
+        self._on_closed: Callable[[], object] | None = on_closed
+
+    def set(self) -> None:
+        if not self._ws.connected and self._on_closed is not None:
+            on_closed, self._on_closed = self._on_closed, None
+            on_closed()
+        self._event.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._event, name)
 
 
 class _Unwatch:
@@ -209,6 +234,7 @@ class Channel:
         self.limit = stopwire.settings.max_body_bytes
         self.answers: dict[str, Answer] = {}  # streaming on this socket, by generation id
         self.departure = Departure()  # what its answers' viewers watch, as SSE's their socket
+        ws.event = _ClosedSignal(ws, self.departure.left)
         self.done: set[str] = set()  # answers whose `done` this socket sent
         self.actions = {"prompt": self.prompt, "cancel": self.cancel, "resume": self.resume}
 
