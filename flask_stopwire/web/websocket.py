@@ -21,10 +21,10 @@ Why it is built this way (flask-sock 0.7 and simple-websocket 1.1 under gunicorn
 worker): this greenlet reads the client's messages while each answer streams from a
 greenlet of its own, so every write goes through `_Writer` and `Channel.send` (see
 there). simple-websocket's reader greenlet sees a close frame, FIN or RST within a
-millisecond and `receive()` raises: closing each answer's events then makes its viewer
-leave, and a generation whose last viewer left stops at once (after its grace, if it was
-asked for one). No exception may leave the handler: Flask would write an HTTP 500 into
-the upgraded socket.
+millisecond and tells each answer's viewer (`Departure`, `_ClosedSignal`), and a
+generation whose last viewer left stops at once (after its grace, if it was asked for
+one); then `receive()` raises and the handler ends the answers. No exception may leave
+the handler: Flask would write an HTTP 500 into the upgraded socket.
 """
 
 import json
@@ -158,8 +158,8 @@ class _Writer:
 class Departure:
     """The socket's answers learn here that their client left (`relay.disconnect.watch`
     takes it in place of a socket to watch): from simple-websocket's reader the moment it
-    sees the close frame or the end of the socket (`_ClosedSignal`), or else from the
-    handler when `receive()` says the socket closed."""
+    sees the close frame or the end of the socket (`_ClosedSignal`), and again (which
+    changes nothing) from the handler when `receive()` says the socket closed."""
 
     def __init__(self) -> None:
         self._watchers: list[Callable[[], object]] = []
