@@ -98,6 +98,9 @@ class SocketBody:
         self.sock: socket.socket = response.raw.connection.sock
         self.last_data_at = time.monotonic()
         self._fp = source.fp
+        # TLS: the bytes of a record already decrypted (looked up once: a missing attribute
+        # of a gevent socket costs an exception per read).
+        self._pending: Callable[[], int] = getattr(self.sock, "pending", _nothing_pending)
         self._buffered = True  # http.client may have read the first bytes with the headers
         self._ready = True
         self._timeout = self.sock.gettimeout()
@@ -124,7 +127,7 @@ class SocketBody:
             self._buffered = False  # raised only once the buffer is empty
             self._ready = False
             return None
-        if len(data) < size and not _pending(self.sock):
+        if len(data) < size and not self._pending():
             self._ready = False  # read it all: wait for the socket before the next recv
         return self._got(data)
 
@@ -146,9 +149,8 @@ def socket_body(response: requests.Response) -> SocketBody | None:
     return SocketBody(response, source)
 
 
-def _pending(sock: socket.socket) -> int:
-    pending = getattr(sock, "pending", None)  # TLS: bytes of a record already decrypted
-    return pending() if pending is not None else 0
+def _nothing_pending() -> int:
+    return 0
 
 
 def _released(

@@ -1,7 +1,9 @@
 """`Generation` reading a real provider socket without blocking: the viewer is the reader.
 
 The provider is a small HTTP server on a thread of its own (this process is not
-monkey-patched, so requests' sockets are plain ones; libev watches them the same way).
+monkey-patched, so requests' sockets are plain ones; libev watches them the same way),
+over plain TCP and over TLS (a CA of the test's own, from trustme), since a TLS socket
+hands out whole records only and can hold decrypted bytes the kernel no longer shows.
 It sends a chunked OpenAI stream piece by piece as the test says, and records when its
 client closed the connection. What is checked here is what only a socket shows: the
 viewer reads the provider itself (the pump greenlet is gone once the stream is open),
@@ -15,13 +17,16 @@ import json
 import queue
 import select
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import gevent
 import pytest
 import requests
+import trustme
 from transport import wait_until
 
 from flask_stopwire.providers import make_provider
@@ -49,11 +54,13 @@ class ThreadProvider:
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
 
-    def __init__(self, first: bytes | None = None):
+    def __init__(self, first: bytes | None = None, tls: ssl.SSLContext | None = None):
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._listener.getsockname()[1]}/v1"
         self.closed_at: float | None = None  # when its client's FIN or RST came
         self._first = first  # sent in the same write as the headers
+        self._tls = tls
         self._sends: queue.Queue[bytes] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -67,6 +74,8 @@ class ThreadProvider:
 
     def _serve(self) -> None:
         conn, _ = self._listener.accept()
+        if self._tls is not None:
+            conn = self._tls.wrap_socket(conn, server_side=True)
         with conn:
             _read_request(conn)
             conn.sendall(self.HEAD + (_framed(self._first) if self._first else b""))
@@ -88,6 +97,8 @@ def _framed(data: bytes) -> bytes:
 def _recv(conn: socket.socket) -> bytes:
     try:
         return conn.recv(65536)
+    except ssl.SSLWantReadError:
+        return b"?"  # part of a record: not the end
     except OSError:
         return b""
 
@@ -102,26 +113,67 @@ def _read_request(conn: socket.socket) -> None:
         body += conn.recv(65536)
 
 
+Serve = Callable[..., ThreadProvider]
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]:
+    """A server context for 127.0.0.1 and the CA bundle that trusts it."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    return server, bundle
+
+
+@pytest.fixture(params=["tcp", "tls"])
+def serve(
+    request: pytest.FixtureRequest, certificates: tuple[ssl.SSLContext, Path]
+) -> Iterator[Serve]:
+    """Start a provider (over TLS for the `tls` run); each is closed after the test."""
+    started: list[ThreadProvider] = []
+
+    def start(first: bytes | None = None) -> ThreadProvider:
+        tls = certificates[0] if request.param == "tls" else None
+        started.append(ThreadProvider(first, tls))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
 @pytest.fixture
-def provider() -> Iterator[ThreadProvider]:
-    server = ThreadProvider()
-    yield server
-    server.close()
+def provider(serve: Serve) -> ThreadProvider:
+    return serve()
 
 
-def make(provider: ThreadProvider, **settings: float) -> Generation:
-    relay_settings = RelaySettings(
-        heartbeat_s=settings.get("heartbeat_s", 60.0),
-        connect_timeout_s=2,
-        read_timeout_s=settings.get("read_timeout_s", 10.0),
-    )
-    return Generation(
-        make_provider("openai", provider.url, "", "m"),
-        [Message("user", "hi")],
-        requests.Session(),
-        relay_settings,
-        grace_s=settings.get("grace_s", 0.0),
-    )
+@pytest.fixture
+def make(certificates: tuple[ssl.SSLContext, Path]) -> Callable[..., Generation]:
+    """A generation asking `provider`, whose certificate its session trusts."""
+
+    def build(provider: ThreadProvider, **settings: float) -> Generation:
+        relay_settings = RelaySettings(
+            heartbeat_s=settings.get("heartbeat_s", 60.0),
+            connect_timeout_s=2,
+            read_timeout_s=settings.get("read_timeout_s", 10.0),
+        )
+        session = requests.Session()
+        session.trust_env = False  # as `new_session` makes it: no REQUESTS_CA_BUNDLE over ours
+        session.verify = str(certificates[1])
+        return Generation(
+            make_provider("openai", provider.url, "", "m"),
+            [Message("user", "hi")],
+            session,
+            relay_settings,
+            grace_s=settings.get("grace_s", 0.0),
+        )
+
+    return build
+
+
+Make = Callable[..., Generation]
 
 
 def next_event(events: Iterator[RelayEvent], timeout: float = 2.0) -> RelayEvent:
@@ -130,7 +182,9 @@ def next_event(events: Iterator[RelayEvent], timeout: float = 2.0) -> RelayEvent
         return next(events)
 
 
-def test_the_viewer_reads_the_provider_and_the_pump_is_gone(provider: ThreadProvider) -> None:
+def test_the_viewer_reads_the_provider_and_the_pump_is_gone(
+    provider: ThreadProvider, make: Make
+) -> None:
     generation = make(provider)
     events = generation.events()
     assert next_event(events).kind == "meta"
@@ -139,26 +193,27 @@ def test_the_viewer_reads_the_provider_and_the_pump_is_gone(provider: ThreadProv
     assert generation._pump.dead  # its stack is freed: the viewer reads on
     provider.send(chunk(" there", ", you"))  # two events in one read: one frame
     assert next_event(events) == RelayEvent("token", " there, you")
+    big = "x" * 70_000  # one event over several reads (and TLS records)
+    provider.send(chunk(big))
+    assert next_event(events) == RelayEvent("token", big)
+    provider.send(chunk("!"))
+    assert next_event(events) == RelayEvent("token", "!")
     provider.send(DONE)
     provider.send(_END)
     rest = list(events)
     assert [e.kind for e in rest] == ["done"] and rest[0].data["status"] == "complete"
-    assert generation.text() == "Hello there, you"
+    assert generation.text() == "Hello there, you" + big + "!"
 
 
-def test_bytes_that_came_with_the_headers_are_read_at_once() -> None:
+def test_bytes_that_came_with_the_headers_are_read_at_once(serve: Serve, make: Make) -> None:
     """The first event shares the headers' packet: nothing more comes for a while, so the
     socket never turns readable again; the viewer must still get it now."""
-    provider = ThreadProvider(first=chunk("early"))
-    try:
-        events = make(provider).events()
-        assert next_event(events).kind == "meta"
-        assert next_event(events, timeout=1.0) == RelayEvent("token", "early")
-    finally:
-        provider.close()
+    events = make(serve(first=chunk("early"))).events()
+    assert next_event(events).kind == "meta"
+    assert next_event(events, timeout=1.0) == RelayEvent("token", "early")
 
 
-def test_heartbeats_while_the_provider_is_silent(provider: ThreadProvider) -> None:
+def test_heartbeats_while_the_provider_is_silent(provider: ThreadProvider, make: Make) -> None:
     events = make(provider, heartbeat_s=0.05).events()
     assert next_event(events).kind == "meta"
     assert [next_event(events).kind for _ in range(3)] == ["keepalive"] * 3
@@ -168,7 +223,7 @@ def test_heartbeats_while_the_provider_is_silent(provider: ThreadProvider) -> No
 
 
 def test_a_stop_while_the_reader_waits_closes_the_provider_at_once(
-    provider: ThreadProvider,
+    provider: ThreadProvider, make: Make
 ) -> None:
     generation = make(provider)
     events = generation.events()
@@ -182,7 +237,9 @@ def test_a_stop_while_the_reader_waits_closes_the_provider_at_once(
     assert provider.closed_at - generation.stop_at < 0.5  # type: ignore[operator]
 
 
-def test_the_idle_limit_holds_without_a_socket_timeout(provider: ThreadProvider) -> None:
+def test_the_idle_limit_holds_without_a_socket_timeout(
+    provider: ThreadProvider, make: Make
+) -> None:
     generation = make(provider, read_timeout_s=0.2)
     events = generation.events()
     assert next_event(events).kind == "meta"
@@ -197,7 +254,7 @@ def test_the_idle_limit_holds_without_a_socket_timeout(provider: ThreadProvider)
 
 
 def test_within_a_grace_a_pump_reads_on_and_a_returning_viewer_takes_over(
-    provider: ThreadProvider,
+    provider: ThreadProvider, make: Make
 ) -> None:
     generation = make(provider, grace_s=5.0)
     first = generation.events()
@@ -217,7 +274,9 @@ def test_within_a_grace_a_pump_reads_on_and_a_returning_viewer_takes_over(
     assert list(back)[-1].data["status"] == "complete"
 
 
-def test_a_finished_connection_goes_back_to_the_pool_as_it_was(provider: ThreadProvider) -> None:
+def test_a_finished_connection_goes_back_to_the_pool_as_it_was(
+    provider: ThreadProvider, make: Make
+) -> None:
     generation = make(provider, read_timeout_s=7.0)
     events = generation.events()
     provider.send(chunk("x"))
