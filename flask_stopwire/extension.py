@@ -8,7 +8,7 @@ One `Stopwire()` can so serve several apps with different providers and database
 from flask import Flask
 
 from flask_stopwire.identity import IdentityHook, ensure_secret_key
-from flask_stopwire.limits import rate_limiter
+from flask_stopwire.limits import MessageLimit, rate_limiter
 from flask_stopwire.settings import Settings
 from flask_stopwire.state import EXTENSION_KEY, StopwireState, get_stopwire
 from flask_stopwire.web import health, metrics, openapi
@@ -77,13 +77,15 @@ class Stopwire:
         if self.openai_prefix:
             app.register_blueprint(openai, url_prefix=self.openai_prefix)
         if settings.rate_limit:
-            rate_limiter(
+            limiter = rate_limiter(
                 settings.rate_limit,
                 state.store,
                 lambda: get_stopwire().identity().limit_key,
                 [api, generations, conversations, openai, websocket],
                 lambda: get_stopwire().metrics.refused.labels("rate").inc(),
-            ).init_app(app)
+            )
+            limiter.init_app(app)
+            state.message_limit = MessageLimit(limiter, settings.rate_limit)
         if self.metrics_url:
             app.add_url_rule(self.metrics_url, "stopwire_metrics", metrics.exposition)
         if self.health_url:

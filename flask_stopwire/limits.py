@@ -7,12 +7,18 @@ slot in the store that their worker renews with its heartbeat. A slot whose work
 died is freed once it goes stale.
 
 Limits count the identity's `limit_key`: a client that presented no identity is
-counted by its address, so dropping the cookie does not escape them.
+counted by its address, so dropping the cookie does not escape them. A WebSocket message
+that asks for something (a prompt, a cancel, a resume) counts as the HTTP request doing the
+same would (`MessageLimit`).
 """
 
+import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import limits
 from flask import Blueprint
 from flask_limiter import Limiter
 from limits.storage import Storage
@@ -54,6 +60,12 @@ class StoreLimits(Storage):
         self.store.clear_hits(key)
 
 
+log = logging.getLogger(__name__)
+
+_KEY_PREFIX = "stopwire"
+_SCOPE = "stopwire"  # one count across Stopwire's blueprints
+
+
 def rate_limiter(
     rate: str,
     store: SqlStore,
@@ -68,10 +80,39 @@ def rate_limiter(
         storage_options={"store": store},
         headers_enabled=True,  # Retry-After on every 429
         swallow_errors=True,  # a failing store lets requests through rather than 500
-        key_prefix="stopwire",
+        key_prefix=_KEY_PREFIX,
         on_breach=lambda _limit: on_refused(),
     )
-    shared = limiter.shared_limit(rate, scope="stopwire")  # one count across blueprints
+    shared = limiter.shared_limit(rate, scope=_SCOPE)
     for blueprint in blueprints:
         shared(blueprint)
     return limiter
+
+
+class MessageLimit:
+    """The HTTP API's rate, taken for a request that is not an HTTP request (a WebSocket
+    message): from the very counters Flask-Limiter keeps for the identity (the same key
+    prefix, identity and scope), so one socket cannot ask for more than its HTTP share."""
+
+    def __init__(self, limiter: Limiter, rate: str):
+        self._limiter = limiter
+        self._rates = sorted(limits.parse_many(rate))  # "5/second;100/hour": both hold
+
+    def take(self, limit_key: str) -> int | None:
+        """Count one request: None if allowed, else the seconds until it would be.
+
+        As for HTTP (`swallow_errors`), a failing store lets it through.
+        """
+        args = (_KEY_PREFIX, limit_key, _SCOPE)
+        strategy = self._limiter.limiter
+        try:
+            for rate in self._rates:
+                if not strategy.hit(rate, *args):
+                    reset_at = strategy.get_window_stats(rate, *args).reset_time
+                    return max(1, math.ceil(reset_at - time.time()))
+        except Exception:
+            log.exception("counting a WebSocket message against the rate limit failed")
+        return None
+
+    def __str__(self) -> str:
+        return "; ".join(str(rate) for rate in self._rates)

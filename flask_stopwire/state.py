@@ -18,6 +18,7 @@ from flask import Flask, current_app
 
 from flask_stopwire import history
 from flask_stopwire.identity import Identity, IdentityHook, current_identity
+from flask_stopwire.limits import MessageLimit
 from flask_stopwire.providers import make_provider
 from flask_stopwire.providers.base import Message, Provider
 from flask_stopwire.providers.http import new_session
@@ -91,6 +92,8 @@ class StopwireState:
             else None
         )
         self.metrics = Metrics()
+        # The rate limit for WebSocket messages, when there is one (set by the extension).
+        self.message_limit: MessageLimit | None = None
         # What a shutdown closes once the answers are interrupted (open WebSockets, which
         # would otherwise hold the worker until its graceful timeout).
         self.on_shutdown: set[Callable[[], None]] = set()

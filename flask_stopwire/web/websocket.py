@@ -97,7 +97,8 @@ def _identify() -> None:
 def relay(ws: Server) -> None:
     """One client's socket: its messages read here, each answer sent from its own greenlet."""
     stopwire = get_stopwire()
-    channel = Channel(ws, stopwire, stopwire.identity().user_id)
+    identity = stopwire.identity()
+    channel = Channel(ws, stopwire, identity.user_id, identity.limit_key)
     stopwire.on_shutdown.add(channel.shut_down)
     pinging = gevent.spawn(channel.ping_forever, stopwire.settings.heartbeat_s)
     try:
@@ -223,7 +224,7 @@ class Answer:
 class Channel:
     """One WebSocket's messages, answers and writes."""
 
-    def __init__(self, ws: Server, stopwire: StopwireState, user_id: str):
+    def __init__(self, ws: Server, stopwire: StopwireState, user_id: str, limit_key: str):
         self.ws = ws
         self.writer = ws.sock = _Writer(ws.sock, WRITE_TIMEOUT_S)
         # Pings unacknowledged for two heartbeats: the client's network is gone.
@@ -231,6 +232,7 @@ class Channel:
             disconnect.give_up_after(self.writer, 2 * stopwire.settings.heartbeat_s)
         self.stopwire = stopwire
         self.user_id = user_id
+        self.limit_key = limit_key  # what its rate limit counts (the identity, or the address)
         self.limit = stopwire.settings.max_body_bytes
         self.answers: dict[str, Answer] = {}  # streaming on this socket, by generation id
         self.departure = Departure()  # what its answers' viewers watch, as SSE's their socket
@@ -275,6 +277,7 @@ class Channel:
             action = self.actions.get(kind) if isinstance(kind, str) else None
             if action is None:
                 raise ApiError(400, '"type" must be "prompt", "cancel" or "resume"')
+            self._count_request()
             action(body)
         except ApiError as exc:
             self.send_error(exc, body)
@@ -283,6 +286,17 @@ class Channel:
         except Exception:  # the HTTP API answers these with a 500; the socket goes on
             log.exception("a WebSocket message failed")
             self.send_error(ApiError(500, INTERNAL["message"]), body)
+
+    def _count_request(self) -> None:
+        """A message is a request, counted against the rate limit as the HTTP one is."""
+        limit = self.stopwire.message_limit
+        if limit is None:
+            return
+        retry_after = limit.take(self.limit_key)
+        if retry_after is not None:
+            self.stopwire.metrics.refused.labels("rate").inc()
+            message = f"too many requests ({limit}); see retry_after"
+            raise ApiError(429, message, retry_after=retry_after)
 
     # -- the messages ----------------------------------------------------------------
 
