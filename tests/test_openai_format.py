@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from flask_stopwire.formats import openai as fmt
 from flask_stopwire.formats import sse
 from flask_stopwire.relay.generation import RelayEvent
@@ -133,3 +135,13 @@ def test_whole_completion_and_error_statuses():
     assert fmt.relay_error_status({"type": "provider_timeout"}) == 504
     assert fmt.relay_error_status({"type": "provider_unavailable"}) == 503
     assert fmt.relay_error_status({"type": "provider_auth"}) == 502
+
+
+@pytest.mark.parametrize(
+    "text", ["Hello", "", 'quote " and \\ back', "line\nbreak", "héllo ✓ 🙂", "lone \ud83d half"]
+)
+def test_a_token_chunk_is_the_chunk_encoded_whole(text):
+    """The per-token shortcut encodes exactly what encoding the whole chunk would."""
+    completion = fmt.Completion("gen_abc", 'model "quoted" ✓')
+    whole = f"data: {sse.compact_json(completion.chunk({'content': text}))}\n\n"
+    assert completion.token(text) == whole.encode("utf-8", "replace")

@@ -1,5 +1,6 @@
 """OpenAI's chat completion shapes for relay events: chunks, completions, errors; pure."""
 
+import itertools
 import time
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
@@ -35,6 +36,14 @@ class Completion:
         self.id = "chatcmpl-" + generation_id.removeprefix("gen_")
         self.model = model
         self.created = int(time.time())
+        # A token's chunk around its text, encoded once: only the text is encoded per token.
+        head, tail = compact_json(self.chunk({"content": ""})).split('"content":""')
+        self._token_head, self._token_tail = f'data: {head}"content":', f"{tail}\n\n"
+
+    def token(self, text: str) -> bytes:
+        """`data: <chunk({"content": text})>`, as `_data` would encode it."""
+        line = self._token_head + compact_json(text) + self._token_tail
+        return line.encode("utf-8", "replace")
 
     def chunk(self, delta: dict, finish_reason: str | None = None) -> dict[str, Any]:
         return {
@@ -88,11 +97,11 @@ def encode(
     """The `data:` chunks of a streamed completion, ending in `[DONE]` when complete."""
     try:
         yield _data(completion.chunk({"role": "assistant", "content": ""}))
-        for event in _chain(first, relay_events):
-            if event.kind == "keepalive":
+        for event in itertools.chain(first, relay_events):
+            if event.kind == "token":
+                yield completion.token(event.data)
+            elif event.kind == "keepalive":
                 yield KEEPALIVE
-            elif event.kind == "token":
-                yield _data(completion.chunk({"content": event.data}))
             elif event.kind == "error":
                 yield _data(
                     error_body(event.data["message"], "server_error", code=event.data["type"])
@@ -113,11 +122,6 @@ def _ending(completion: Completion, done: dict[str, Any], include_usage: bool) -
     if include_usage:
         yield _data(completion.usage_chunk(done["usage"]))
     yield DONE
-
-
-def _chain(first: Iterable[Any], rest: Iterable[Any]) -> Iterator[Any]:
-    yield from first
-    yield from rest
 
 
 def _data(payload: dict[str, Any]) -> bytes:

@@ -81,7 +81,7 @@ def iter_body(response: requests.Response) -> Iterator[bytes]:
     source = _http_client_response(response)
     if source is None:
         return _mapped(response.iter_content(chunk_size=None))
-    return _mapped(_released(response, _dechunked(source, source.fp.read1)))
+    return _mapped(_dechunked(source, source.fp.read1, response.raw.release_conn))
 
 
 class SocketBody:
@@ -105,13 +105,17 @@ class SocketBody:
         self._ready = True
         self._timeout = self.sock.gettimeout()
         self.sock.settimeout(0.0)
-        self.pieces: Iterator[bytes | None] = _mapped(
-            _released(response, _dechunked(source, self._read), self._restore)
-        )
+        self._release_conn = response.raw.release_conn
+        self.pieces: Iterator[bytes | None] = _dechunked(source, self._read, self._release)
 
     def ready(self) -> None:
         """The socket became readable."""
         self._ready = True
+
+    @property
+    def waiting(self) -> bool:
+        """Nothing to read until the socket is readable: the pieces would only say None."""
+        return not self._ready
 
     def _read(self, size: int) -> bytes | None:
         if not self._ready:
@@ -127,6 +131,8 @@ class SocketBody:
             self._buffered = False  # raised only once the buffer is empty
             self._ready = False
             return None
+        except OSError as exc:  # a reset, a TLS failure: what `_mapped` makes of them
+            raise ProviderDisconnected("provider connection dropped mid-stream") from exc
         if len(data) < size and not self._pending():
             self._ready = False  # read it all: wait for the socket before the next recv
         return self._got(data)
@@ -135,8 +141,10 @@ class SocketBody:
         self.last_data_at = time.monotonic()
         return data
 
-    def _restore(self) -> None:
-        self.sock.settimeout(self._timeout)  # before the pool hands the connection out again
+    def _release(self) -> None:
+        """Read to its end: its timeout back, the connection goes back to the pool."""
+        self.sock.settimeout(self._timeout)
+        self._release_conn()
 
 
 def socket_body(response: requests.Response) -> SocketBody | None:
@@ -151,18 +159,6 @@ def socket_body(response: requests.Response) -> SocketBody | None:
 
 def _nothing_pending() -> int:
     return 0
-
-
-def _released(
-    response: requests.Response,
-    payload: Iterator[bytes | None],
-    before: Callable[[], None] | None = None,
-) -> Iterator[bytes | None]:
-    """The payload; read to its end, the connection goes back to the pool."""
-    yield from payload
-    if before is not None:
-        before()
-    response.raw.release_conn()
 
 
 def _mapped(pieces: Iterator[Any]) -> Iterator[Any]:
@@ -201,13 +197,15 @@ def _http_client_response(response: requests.Response) -> Any:
 
 
 def _dechunked(
-    source: http.client.HTTPResponse, read: Callable[[int], bytes | None]
+    source: http.client.HTTPResponse,
+    read: Callable[[int], bytes | None],
+    release: Callable[[], None],
 ) -> Iterator[bytes | None]:
     """The payload of a chunked body, one piece per read; ends at the last chunk.
 
     `read(size)` returns bytes, b"" at the end of the connection, or None when nothing
     is ready (passed on as None). At the end the http.client response is closed as
-    its own reader would close it, so urllib3 hands the connection back to the pool.
+    its own reader would close it, and `release()` hands the connection back to the pool.
     """
     buffer = b""
     left = 0  # payload bytes still to come in the current chunk
@@ -246,6 +244,7 @@ def _dechunked(
                     yield b"".join(pieces)
                 yield from _trailers(read, buffer[end + 2 :])
                 source._close_conn()
+                release()
                 return
             payload = buffer[end + 2 : end + 2 + size]
             pieces.append(payload)

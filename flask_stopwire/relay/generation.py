@@ -278,7 +278,8 @@ class Generation:
                     viewer.last_sent = time.monotonic()
                     yield RelayEvent("keepalive", None, viewer.at)
                 elif self._claim(viewer):
-                    if not self._read_ready():
+                    # A body waiting for its socket has nothing parsed left: straight to sleep.
+                    if self._body.waiting or not self._read_ready():  # type: ignore[union-attr]
                         self._io.start(self._readable)
                         self._sleep(hub, viewer)
                 else:

@@ -34,21 +34,26 @@ class Source:
 
     def __init__(self, pieces: list[bytes]):
         self.fp: Reader | None = Reader(pieces)
-        self.closed = False
+        self.closed = self.released = False
 
     def _close_conn(self) -> None:
         self.fp, self.closed = None, True
 
+    def release(self) -> None:
+        """What urllib3's `release_conn` does: the connection goes back to the pool."""
+        assert self.closed, "released before http.client's response was closed"
+        self.released = True
+
 
 def read(pieces: list[bytes]) -> tuple[bytes, Source]:
     source = Source(pieces)
-    return b"".join(_dechunked(source, source.fp.read1)), source  # type: ignore[arg-type]
+    return b"".join(_dechunked(source, source.fp.read1, source.release)), source  # type: ignore[arg-type]
 
 
 def test_payload_of_a_body_in_one_piece():
     payload, source = read([chunked(PAYLOADS)])
     assert payload == b"".join(PAYLOADS)
-    assert source.closed  # the connection can go back to the pool
+    assert source.closed and source.released  # the connection went back to the pool
 
 
 def test_payload_however_the_body_is_split():
@@ -65,7 +70,7 @@ def test_payload_however_the_body_is_split():
 
 def test_nothing_is_read_past_the_end_of_the_body():
     source = Source([chunked([b"hi"]), b"next response"])
-    assert b"".join(_dechunked(source, source.fp.read1)) == b"hi"  # type: ignore[arg-type]
+    assert b"".join(_dechunked(source, source.fp.read1, source.release)) == b"hi"  # type: ignore[arg-type]
     assert source.closed
 
 
@@ -96,6 +101,6 @@ def test_nothing_ready_is_passed_on_and_the_payload_still_whole():
             script += [None] * rng.randint(0, 2) + [piece]
         source = Source([])
         reads = iter(script)
-        out = list(_dechunked(source, lambda _size, reads=reads: next(reads, b"")))  # type: ignore[arg-type]
+        out = list(_dechunked(source, lambda _size, reads=reads: next(reads, b""), source.release))  # type: ignore[arg-type]
         assert b"".join(p for p in out if p is not None) == b"".join(PAYLOADS), pieces
         assert out.count(None) == script.count(None) and source.closed
