@@ -29,6 +29,7 @@ from flask_stopwire.relay.generation import (
     RelaySettings,
     new_generation_id,
 )
+from flask_stopwire.relay.mirror import Mirror
 from flask_stopwire.relay.peers import Peers
 from flask_stopwire.relay.registry import Registry
 from flask_stopwire.settings import SettingError, Settings
@@ -91,6 +92,8 @@ class StopwireState:
             if settings.redis_url
             else None
         )
+        # Answers running on with no viewer, for a viewer that returns on another host.
+        self.mirror = Mirror(settings.redis_url) if settings.redis_url else None
         self.metrics = Metrics()
         # The rate limit for WebSocket messages, when there is one (set by the extension).
         self.message_limit: MessageLimit | None = None
@@ -163,6 +166,9 @@ class StopwireState:
         )
         if self.bus is not None:
             generation.before_call = self.bus.check  # a stop recorded before it started
+        if self.mirror is not None and grace_s > 0:
+            generation.on_unviewed = self.mirror.start
+            generation.viewed_elsewhere = self.mirror.viewed_elsewhere
         return generation
 
     def generation_for(self, request: dict[str, Any]) -> Generation:
@@ -254,12 +260,14 @@ class StopwireState:
         return interrupted
 
     def close(self) -> None:
-        """Release the heartbeat, the stop socket, the stop bus, the DB thread and the
-        provider session."""
+        """Release the heartbeat, the stop socket, the stop bus and mirror, the DB thread
+        and the provider session."""
         self.recorder.close()
         self.peers.close()
         if self.bus is not None:
             self.bus.close()
+        if self.mirror is not None:
+            self.mirror.close()
         self.store.close()
         if self._session is not None:
             self._session.close()

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 _DRAIN_S = 1.0
 _PUMP = "pump"  # the reader while no viewer reads
+_LEASE_CHECK_S = 1.0  # how often a grace asks again whether a viewer elsewhere still reads
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,11 @@ class Generation:
         self.discard = False  # a stopped answer keeps no text (`on_stop: discard`)
         # Called by the pump right before the provider call (a stop recorded elsewhere).
         self.before_call: Callable[[Generation], None] | None = None
+        # Called once, when it first runs on with no viewer (a grace): a mirror starts.
+        self.on_unviewed: Callable[[Generation], None] | None = None
+        # Asked when a grace runs out: does a viewer on another host read it now?
+        self.viewed_elsewhere: Callable[[Generation], bool] | None = None
+        self._viewed_elsewhere_last = False
         self.seen_chars: int | None = None
         self.settled = gevent.event.Event()  # the outcome is final and recorded
         self.saved = True  # False when recording the end failed (on_end said so)
@@ -189,6 +195,7 @@ class Generation:
         self._reader: Any = None  # _PUMP, a Viewer, or None
         self._pump_waiter: Waiter | None = None
         self._finished = False
+        self._observed: gevent.event.Event | None = None  # set as text arrives (`observe`)
 
     # -- a viewer's handler greenlet ---------------------------------------------------
 
@@ -245,10 +252,30 @@ class Generation:
             return
         if self.grace_s <= 0:
             self.stop("client_disconnect")
+            return
+        self._start_grace(self.grace_s)
+        if self.on_unviewed is not None:
+            on_unviewed, self.on_unviewed = self.on_unviewed, None
+            on_unviewed(self)
+
+    def _start_grace(self, seconds: float) -> None:
+        self._grace_timer = get_hub().loop.timer(seconds)
+        # From the hub: the stop records the outcome, which may wait for the store.
+        self._grace_timer.start(gevent.spawn, self._grace_over)
+
+    def _grace_over(self) -> None:
+        """The grace ran out: stop, unless a viewer on another host reads it now (then
+        ask again soon; once it has left, a new grace starts)."""
+        elsewhere = self.viewed_elsewhere is not None and self.viewed_elsewhere(self)
+        if self.outcome is not None or self._viewers:
+            return  # decided, or a viewer came back, while we asked
+        if elsewhere:
+            self._start_grace(_LEASE_CHECK_S)
+        elif self._viewed_elsewhere_last:
+            self._start_grace(self.grace_s)
         else:
-            self._grace_timer = get_hub().loop.timer(self.grace_s)
-            # From the hub: the stop records the outcome, which may wait for the store.
-            self._grace_timer.start(gevent.spawn, self.stop, "client_disconnect")
+            self.stop("client_disconnect")
+        self._viewed_elsewhere_last = elsewhere
 
     def _relay_tokens(self, viewer: Viewer) -> Iterator[RelayEvent]:
         """Tokens (what piled up, as one event) and keepalives until the outcome is decided
@@ -339,6 +366,8 @@ class Generation:
     def _wake(self) -> None:
         for viewer in self._viewers:
             viewer.wake()
+        if self._observed is not None:
+            self._observed.set()
         waiter = self._pump_waiter
         if waiter is not None:
             self._pump_waiter = None
@@ -388,6 +417,23 @@ class Generation:
         reported_prompt = self.usage.prompt_tokens if self.usage else None
         prompt = reported_prompt if reported_prompt else math.ceil(prompt_chars / 4)
         return Usage(prompt, self.delivered_tokens, estimated=True)
+
+    def observe(self) -> Iterator[tuple[int, str]]:
+        """The text as it arrives, until the outcome is decided: (characters so far, the
+        new piece). For a mirror, which is no viewer: it neither reads nor holds a grace."""
+        signal = self._observed = gevent.event.Event()
+        chunks = at = 0
+        while True:
+            if chunks < len(self._received):
+                piece = "".join(self._received[chunks:])
+                chunks = len(self._received)
+                at += len(piece)
+                yield at, piece
+            elif self.outcome is not None:
+                return
+            else:
+                signal.clear()
+                signal.wait()
 
     @property
     def delivered_tokens(self) -> int:

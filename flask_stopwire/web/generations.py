@@ -23,7 +23,10 @@ generations = Blueprint("stopwire_generations", __name__)
 register_json_errors(generations)
 
 RETRY_MS = 1000  # how soon EventSource reconnects after a network error
-ELSEWHERE = "this answer streams on another host; reach it through the same load balancer route"
+ELSEWHERE = (
+    "this answer streams on another host and is not mirrored (yet); retry, or reach it "
+    "through the same load balancer route"
+)
 
 
 @generations.before_request
@@ -78,12 +81,15 @@ def open_events(
         return stopwire.run(generation, client_sock, message_id, after=after)
     viewing = stopwire.view(user_id, generation_id, after, client_sock)
     if viewing is None:
-        viewing = _replay(user_id, generation_id, after)
+        viewing = _replay(user_id, generation_id, after, client_sock)
     return viewing
 
 
-def _replay(user_id: str, generation_id: str, after: int | None) -> Iterator[RelayEvent]:
-    """An ended answer's events after `after`, from this worker's memory or the store."""
+def _replay(
+    user_id: str, generation_id: str, after: int | None, client_sock: Any
+) -> Iterator[RelayEvent]:
+    """An ended answer's events after `after`, from this worker's memory or the store;
+    one streaming on another host, from its mirror when there is one."""
     stopwire = get_stopwire()
     ended = stopwire.registry.ended(user_id, generation_id)
     if ended is None:
@@ -91,10 +97,26 @@ def _replay(user_id: str, generation_id: str, after: int | None) -> Iterator[Rel
         if answer is None:
             raise ApiError(404, f"no generation {generation_id!r}")
         if answer["status"] == "streaming":
-            raise ApiError(503, ELSEWHERE, 1)
+            return _follow_elsewhere(generation_id, after, answer, client_sock)
         ended = message_summary(answer), answer["content"]
     summary, text = ended
     return replay_events(summary, text, after)
+
+
+def _follow_elsewhere(
+    generation_id: str, after: int | None, answer: dict[str, Any], client_sock: Any
+) -> Iterator[RelayEvent]:
+    """The mirror of an answer another host runs, or 503 (retry) when it has none yet."""
+    stopwire = get_stopwire()
+    summary = message_summary(answer)
+    meta = {k: summary.get(k) for k in ("generation_id", "conversation_id", "message_id")}
+    following = None
+    if stopwire.mirror is not None:
+        heartbeat_s = stopwire.settings.heartbeat_s
+        following = stopwire.mirror.follow(generation_id, after, meta, heartbeat_s, client_sock)
+    if following is None:
+        raise ApiError(503, ELSEWHERE, 1)
+    return following
 
 
 def replay_events(summary: dict[str, Any], text: str, after: int | None) -> Iterator[RelayEvent]:

@@ -166,3 +166,44 @@ def test_discard_keeps_no_text_of_a_stopped_answer(make_generation: MakeGenerati
     list(events)
     assert generation.text() == "half a JSON {" and generation.kept_text() == ""
     assert generation.summary()["receipt"]["discarded"] is True
+
+
+def test_a_grace_asks_whether_a_viewer_elsewhere_reads_it_and_then_grants_a_new_one(
+    make_generation: MakeGeneration, client: tuple[socket.socket, socket.socket]
+) -> None:
+    """The hooks a mirror uses: told once when nobody views it any more; while a viewer
+    on another host reads it, the grace is asked again (every second) instead of
+    stopping; once that viewer has left, a whole new grace runs before the stop."""
+    generation, transport = make_generation(grace_s=0.3)
+    unviewed: list[Generation] = []
+    generation.on_unviewed = unviewed.append
+    viewing_elsewhere = [True]
+    generation.viewed_elsewhere = lambda _g: viewing_elsewhere[0]
+    view_then_leave(generation, transport, client, "One ")
+    assert unviewed == [generation]
+    gevent.sleep(1.0)
+    assert generation.outcome is None  # read elsewhere: running past its grace
+    viewing_elsewhere[0] = False
+    gone_at = time.monotonic()
+    assert generation.wait_settled(4)
+    assert generation.summary()["reason"] == "client_disconnect"
+    assert 0.3 <= generation.stop_at - gone_at < 2.5  # type: ignore[operator]
+
+
+def test_observe_yields_the_text_as_it_arrives_until_the_outcome(
+    make_generation: MakeGeneration,
+) -> None:
+    generation, transport = make_generation()
+    events = generation.events()
+    next(events)  # meta: started
+    seen: list[tuple[int, str]] = []
+    observer = gevent.spawn(lambda: seen.extend(generation.observe()))
+    transport.text("One ")
+    wait_until(lambda: seen == [(4, "One ")])
+    transport.text("two", " three")
+    wait_until(lambda: len(seen) == 2)
+    assert seen[1] == (13, "two three")
+    transport.finish()
+    list(events)
+    observer.join(2)
+    assert observer.dead and "".join(piece for _, piece in seen) == generation.text()

@@ -231,3 +231,95 @@ def test_redis_stopped_and_started_mid_traffic(hosts, upstream, bus_redis):
         done = conns[i].events()[-1]
         assert_stopped_by_user(done, seen[i], saved_answer(b, conns[i]))
     assert sorted(i for i, _ in ok) == [0, 1, 2, 3, 4, 5]
+
+
+# -- a viewer that comes back on another host (issue 13: the mirror in a Redis Stream) --
+
+
+def create(host: Server, content: str, grace_s: float) -> dict:
+    body = {"content": content, "resume_grace_s": grace_s}
+    response = requests.post(f"{host.url}/api/generations", json=body, headers=AUTH, timeout=5)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def view(host: Server, created: dict, last_id: str | None = None) -> Connection:
+    conn = Connection(host.url)
+    conn.get(created["events_url"], {"Last-Event-ID": last_id} if last_id else None)
+    assert conn.status == 200, (conn.status, conn._raw[:300])
+    return conn
+
+
+def answer_row(host: Server, generation_id: str) -> dict:
+    query = "SELECT content, status, reason FROM messages WHERE generation_id = ?"
+    return host.query(query, (generation_id,))[0]
+
+
+def test_a_viewer_back_on_another_host_gets_exactly_the_rest_and_keeps_it_running(
+    hosts, upstream, redis_client
+):
+    """Cut on A with a 1 s grace, back on B: B reads A's mirror (the missed text once,
+    then the live tail). Its viewing keeps the answer running well past the grace."""
+    a, b = hosts
+    prompt = marker()
+    created = create(a, f"{prompt} [demo tokens=80 gap=0.05]", grace_s=1)
+    first_conn = view(a, created)
+    first = first_conn.events(tokens=5)
+    first_conn.close_rst()
+    key = f"stopwire:answer:{created['generation_id']}"
+    deadline = time.monotonic() + 5
+    while not redis_client.exists(key):  # A mirrors it once its viewer left
+        assert time.monotonic() < deadline, "never mirrored"
+        time.sleep(0.02)
+    back = view(b, created, first[-1].id)
+    rest = back.events()  # 4 s of answer: past the grace only because B views it
+    assert rest[-1].event == "done" and rest[-1].data["status"] == "complete", rest[-1]
+    assert all(e.event != "meta" for e in rest)
+    text = streamed_text(first) + streamed_text(rest)
+    assert len(text.split()) == 80
+    assert text == answer_row(a, created["generation_id"])["content"]
+    assert [int(e.id) for e in rest if e.event == "token"] == sorted(
+        int(e.id) for e in rest if e.event == "token"
+    )
+    assert not redis_client.exists(f"stopwire:viewing:{created['generation_id']}")
+
+
+def test_once_the_viewer_elsewhere_leaves_a_new_grace_runs_out_and_stops_it(
+    hosts, upstream, redis_client
+):
+    a, b = hosts
+    prompt = marker()
+    created = create(a, f"{prompt} {LONG}", grace_s=1)
+    first_conn = view(a, created)
+    first = first_conn.events(tokens=3)
+    first_conn.close_rst()
+    time.sleep(0.3)
+    back = view(b, created, first[-1].id)
+    back.events(tokens=3)
+    time.sleep(1.5)  # past the first grace: B's lease keeps it running
+    assert upstream.record(prompt)["ended"] == "streaming"
+    left_at = time.monotonic()
+    back.close_fin()
+    record = upstream.ended(prompt, timeout=10)
+    assert record["client_closed_at"] - left_at < 1 + 1 + 1.5  # a check, a grace, slack
+    row = answer_row(a, created["generation_id"])
+    assert (row["status"], row["reason"]) == ("stopped", "client_disconnect")
+
+
+def test_a_stop_from_the_host_a_viewer_came_back_to_is_immediate(hosts, upstream):
+    a, b = hosts
+    prompt = marker()
+    created = create(a, f"{prompt} {LONG}", grace_s=10)
+    first_conn = view(a, created)
+    first = first_conn.events(tokens=3)
+    first_conn.close_rst()
+    time.sleep(0.3)
+    back = view(b, created, first[-1].id)
+    back.events(tokens=2)
+    stopped_at = time.monotonic()
+    url = f"{b.url}/api/generations/{created['generation_id']}/stop"
+    assert requests.post(url, json={}, headers=AUTH, timeout=15).status_code == 200
+    record = upstream.ended(prompt)
+    assert record["client_closed_at"] - stopped_at < SOON_S
+    done = back.events()[-1]
+    assert done.event == "done" and done.data["reason"] == "user_stop", done
