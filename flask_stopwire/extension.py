@@ -5,7 +5,7 @@ app's settings lives in that app's `app.extensions["stopwire"]` (flask_stopwire/
 One `Stopwire()` can so serve several apps with different providers and databases.
 """
 
-from flask import Flask
+from flask import Flask, request
 
 from flask_stopwire.identity import IdentityHook, ensure_secret_key
 from flask_stopwire.limits import MessageLimit, rate_limiter
@@ -13,12 +13,15 @@ from flask_stopwire.settings import Settings
 from flask_stopwire.state import EXTENSION_KEY, StopwireState, get_stopwire
 from flask_stopwire.web import health, metrics, openapi
 from flask_stopwire.web.api import api
+from flask_stopwire.web.api import stop as stop_view
 from flask_stopwire.web.conversations import conversations
 from flask_stopwire.web.debug import debug
 from flask_stopwire.web.generations import generations
 from flask_stopwire.web.openai import openai
 from flask_stopwire.web.websocket import configure as configure_websocket
 from flask_stopwire.web.websocket import websocket
+
+STOP_ENDPOINT = f"{api.name}.{stop_view.__name__}"  # never refused by the rate limit
 
 
 class Stopwire:
@@ -83,6 +86,7 @@ class Stopwire:
                 lambda: get_stopwire().identity().limit_key,
                 [api, generations, conversations, openai, websocket],
                 lambda: get_stopwire().metrics.refused.labels("rate").inc(),
+                lambda: request.endpoint == STOP_ENDPOINT,  # it ends what costs
             )
             limiter.init_app(app)
             state.message_limit = MessageLimit(limiter, settings.rate_limit)

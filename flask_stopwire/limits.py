@@ -72,8 +72,10 @@ def rate_limiter(
     limit_key: Callable[[], str],
     blueprints: list[Blueprint],
     on_refused: Callable[[], None],
+    exempt: Callable[[], bool],
 ) -> Limiter:
-    """A Flask-Limiter for Stopwire's own blueprints only (a host's routes stay its own)."""
+    """A Flask-Limiter for Stopwire's own blueprints only (a host's routes stay its own);
+    a request for which `exempt()` is true is neither refused nor counted."""
     limiter = Limiter(
         key_func=limit_key,
         storage_uri="stopwire://",
@@ -83,7 +85,7 @@ def rate_limiter(
         key_prefix=_KEY_PREFIX,
         on_breach=lambda _limit: on_refused(),
     )
-    shared = limiter.shared_limit(rate, scope=_SCOPE)
+    shared = limiter.shared_limit(rate, scope=_SCOPE, exempt_when=exempt)
     for blueprint in blueprints:
         shared(blueprint)
     return limiter

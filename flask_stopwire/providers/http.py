@@ -176,6 +176,7 @@ def _mapped(pieces: Iterator[Any]) -> Iterator[Any]:
 
 
 _MAX_LINE = 4096  # a chunk-size line or trailer longer than this is not HTTP
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _READ_SIZE = 65536
 
 
@@ -235,10 +236,10 @@ def _dechunked(
                 if len(buffer) > _MAX_LINE:
                     raise ProviderDisconnected("provider sent a malformed chunked body")
                 break
-            try:
-                size = int(buffer[:end].split(b";", 1)[0], 16)
-            except ValueError:
-                raise ProviderDisconnected("provider sent a malformed chunked body") from None
+            size_field = buffer[:end].split(b";", 1)[0].strip()
+            if not _HEX.fullmatch(size_field):  # int() would take "-4", "+4" or "4_0"
+                raise ProviderDisconnected("provider sent a malformed chunked body")
+            size = int(size_field, 16)
             if size == 0:
                 if pieces:
                     yield b"".join(pieces)

@@ -183,7 +183,8 @@ class Generation:
         self._grace_timer: Any = None
         self._response: requests.Response | None = None
         self._pump = gevent.Greenlet(self._read_provider)
-        self._pumping = False
+        self._pumping = False  # started
+        self._pump_running = False  # and running: a kill would reach its `finally`
         # The open stream: its body's pieces, the deltas parsed from them and, for a
         # stream read without blocking, its socket body, the loop's watcher of that
         # socket and the idle-limit timer. `_reader` is who reads it now.
@@ -236,6 +237,7 @@ class Generation:
     def _attach(self) -> Viewer:
         viewer = Viewer(len(self._received), self._chars)
         self._viewers.append(viewer)
+        self._viewed_elsewhere_last = False
         if self._grace_timer is not None:
             self._grace_timer.close()
             self._grace_timer = None
@@ -259,16 +261,18 @@ class Generation:
             on_unviewed(self)
 
     def _start_grace(self, seconds: float) -> None:
-        self._grace_timer = get_hub().loop.timer(seconds)
+        if self._grace_timer is not None:
+            self._grace_timer.close()
+        timer = self._grace_timer = get_hub().loop.timer(seconds)
         # From the hub: the stop records the outcome, which may wait for the store.
-        self._grace_timer.start(gevent.spawn, self._grace_over)
+        timer.start(gevent.spawn, self._grace_over, timer)
 
-    def _grace_over(self) -> None:
+    def _grace_over(self, timer: Any) -> None:
         """The grace ran out: stop, unless a viewer on another host reads it now (then
         ask again soon; once it has left, a new grace starts)."""
         elsewhere = self.viewed_elsewhere is not None and self.viewed_elsewhere(self)
-        if self.outcome is not None or self._viewers:
-            return  # decided, or a viewer came back, while we asked
+        if timer is not self._grace_timer or self.outcome is not None or self._viewers:
+            return  # while we asked: decided, or a viewer came back (and maybe left again)
         if elsewhere:
             self._start_grace(_LEASE_CHECK_S)
         elif self._viewed_elsewhere_last:
@@ -297,7 +301,7 @@ class Generation:
                     yield RelayEvent("token", text, viewer.at)
                 elif self.outcome is not None:
                     if self._claim(viewer):
-                        self._finish()  # its reader closes the stream and records the end
+                        self._finish_apart()  # its reader closes the stream, records the end
                     return
                 elif viewer.heartbeat_due:
                     viewer.heartbeat_due = False
@@ -454,11 +458,20 @@ class Generation:
         if self.outcome is None:
             self.stop_at = time.monotonic()
             self.seen_chars = seen_chars
+            reader = self._reader
+            busy = isinstance(reader, Viewer) and reader.waiter is None  # before it is woken
             self._decide(Outcome(status, reason))
             if not self._pumping:
                 self._settle()  # stopped before anyone viewed it: nothing to close
-            elif not self._hang_up():
+            elif self._hang_up():
+                if busy and not self._finished:
+                    # Its reader is stuck writing to its client (or about to run): the
+                    # outcome is recorded now, not once that write ends. It is never
+                    # inside a read (`_read_ready` never switches), so that is safe.
+                    gevent.spawn(self._finish)
+            elif self._pump_running:
                 self._pump.kill(block=False)  # no socket yet: stop it connecting
+            # else the pump has not run yet: it sees the outcome first thing, and finishes
         return self.outcome  # type: ignore[return-value]
 
     def kept_text(self) -> str:
@@ -519,6 +532,7 @@ class Generation:
 
     def _read_provider(self) -> None:
         """The pump greenlet: open the provider's stream, then read it while no viewer does."""
+        self._pump_running = True  # from now on a kill lands in here, and `finally` runs
         handed_over = False
         try:
             if self._open():
@@ -533,6 +547,8 @@ class Generation:
 
     def _open(self) -> bool:
         """Ask the provider for the stream; False if stopped before that."""
+        if self.outcome is not None:
+            return False  # stopped before the pump ran
         if self.before_call is not None:
             self.before_call(self)
             if self.outcome is not None:
@@ -610,7 +626,7 @@ class Generation:
         if self._reader is not None or self._io is None or self._finished:
             return
         if self.outcome is not None:
-            self._finish()
+            self._finish_apart()
         elif self._viewers:
             self._wake()  # one of them claims it
         else:
@@ -665,6 +681,11 @@ class Generation:
             self._arm_idle_check(limit - idle)
         else:
             self._fail(ProviderTimeout("provider went silent past the idle limit"))
+
+    def _finish_apart(self) -> None:
+        """`_finish` from a viewer: in a greenlet of its own, waited for. A kill of the
+        viewer's greenlet (a WebSocket ending its answers) must not land in the record."""
+        gevent.spawn(self._finish).join()
 
     def _finish(self) -> None:
         """Close the provider's stream and record the outcome: once, by its last reader."""

@@ -15,8 +15,10 @@ checks when the grace runs out (`Mirror.viewed_elsewhere`): a viewer elsewhere k
 answer running, and once it has left a new grace starts. Stops reach the running host
 through the stop bus, as always.
 
-Best effort: when Redis fails, a mirror stops (logged) and a resume elsewhere is told to
-retry (503), as without a mirror. Redis is imported only when a mirror is used.
+Best effort: when Redis fails, a mirror stops (logged; its stream is dropped if Redis
+still answers) and a follower ends without `done`, so its client comes back and is told to
+retry (503), as without a mirror. A follower also ends when its stream is gone (expired,
+dropped) or has a gap (trimmed). Redis is imported only when a mirror is used.
 """
 
 import json
@@ -41,6 +43,7 @@ MAX_ENTRIES = 100_000  # pieces per answer; approximate trimming never cuts a li
 ANSWER_TTL_S = 600  # renewed by every piece
 ENDED_TTL_S = 60  # a returning viewer reads the end from the store after this
 FOLLOW_BLOCK_MS = 500  # a follower's read waits this long, then renews its lease
+GONE_CHECK_S = 5.0  # a follower hearing nothing this long checks that its stream is still there
 LEASE_MS = 3 * FOLLOW_BLOCK_MS
 SETTLE_S = 5.0  # the running host records an end within about 3 s
 
@@ -83,6 +86,7 @@ class Mirror:
             self._add(key, {"done": json.dumps(generation.summary())}, ENDED_TTL_S)
         except Exception as exc:
             log.warning("mirror: stopped mirroring %s: %r", generation.id, exc)
+            _quietly(lambda: self._redis().delete(key))  # its followers end, and come back
 
     def _add(self, key: str, fields: dict[str, Any], ttl_s: int) -> None:
         pipe = self._redis().pipeline(transaction=False)
@@ -126,19 +130,30 @@ class Mirror:
             watcher = disconnect.watch(client_sock, lambda: left.append(True), 2 * heartbeat_s)
         lease = self.lease_key(generation_id)
         redis = self._redis()
-        sent, last_id, last_sent = after or 0, "0-0", time.monotonic()
+        sent, last_id = after or 0, "0-0"
+        last_sent = last_heard = time.monotonic()
         try:
             if after is None:
                 yield RelayEvent("meta", meta, 0)
             while not left:
-                redis.set(lease, "1", px=LEASE_MS)
-                read = redis.xread({key: last_id}, count=1000, block=FOLLOW_BLOCK_MS)
+                try:
+                    redis.set(lease, "1", px=LEASE_MS)
+                    read = redis.xread({key: last_id}, count=1000, block=FOLLOW_BLOCK_MS)
+                    gone = not read and time.monotonic() - last_heard > GONE_CHECK_S
+                    if gone and not redis.exists(key):
+                        return  # expired or dropped: its client comes back to the store
+                except Exception as exc:
+                    log.warning("mirror: stopped following %s: %r", generation_id, exc)
+                    return
                 for entry_id, fields in read[0][1] if read else []:
-                    last_id = entry_id
+                    last_id, last_heard = entry_id, time.monotonic()
                     if "done" in fields:
                         yield RelayEvent("done", json.loads(fields["done"]), sent)
                         return
                     piece, sent = _unsent(fields, sent)
+                    if piece is None:
+                        log.warning("mirror: %s was trimmed past character %d", key, sent)
+                        return
                     if piece:
                         last_sent = time.monotonic()
                         yield RelayEvent("token", piece, sent)
@@ -163,16 +178,19 @@ class Mirror:
         self._client = self._client_pid = None
 
 
-def _unsent(fields: dict[str, str], sent: int) -> tuple[str, int]:
-    """What of a piece ending at character `at` comes after `sent`, and the new `sent`."""
+def _unsent(fields: dict[str, str], sent: int) -> tuple[str | None, int]:
+    """What of a piece ending at character `at` comes after `sent`, and the new `sent`;
+    None when the piece starts after `sent` (the text between was trimmed away)."""
     at, text = int(fields["at"]), fields["text"]
     if at <= sent:
         return "", sent
-    return text[max(0, len(text) - (at - sent)) :], at
+    if at - len(text) > sent:
+        return None, sent
+    return text[len(text) - (at - sent) :], at
 
 
 def _quietly(call: Callable[[], object]) -> None:
     try:
         call()
     except Exception as exc:
-        log.warning("mirror: could not drop a lease: %r", exc)
+        log.warning("mirror: could not drop a key: %r", exc)

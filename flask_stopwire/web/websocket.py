@@ -190,10 +190,12 @@ class _ClosedSignal:
         self._on_closed: Callable[[], object] | None = on_closed
 
     def set(self) -> None:
-        if not self._ws.connected and self._on_closed is not None:
-            on_closed, self._on_closed = self._on_closed, None
-            on_closed()
-        self._event.set()
+        try:
+            if not self._ws.connected and self._on_closed is not None:
+                on_closed, self._on_closed = self._on_closed, None
+                on_closed()
+        finally:
+            self._event.set()  # whatever happened, `receive()` must not wait for ever
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._event, name)
@@ -277,7 +279,8 @@ class Channel:
             action = self.actions.get(kind) if isinstance(kind, str) else None
             if action is None:
                 raise ApiError(400, '"type" must be "prompt", "cancel" or "resume"')
-            self._count_request()
+            if kind != "cancel":  # a stop is never refused: it ends what costs
+                self._count_request()
             action(body)
         except ApiError as exc:
             self.send_error(exc, body)

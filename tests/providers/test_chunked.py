@@ -81,9 +81,13 @@ def test_a_body_cut_short_is_a_disconnect():
             read([body[:cut]])
 
 
-def test_a_malformed_size_line_is_a_disconnect():
+@pytest.mark.parametrize("size", [b"zz", b"-4", b"+4", b"4_0", b"", b"1" * 17])
+def test_a_malformed_size_line_is_a_disconnect(size):
     with pytest.raises(ProviderDisconnected):
-        read([b"zz\r\nhello\r\n0\r\n\r\n"])
+        read([size + b"\r\nhello\r\n0\r\n\r\n"])
+
+
+def test_a_long_line_is_a_disconnect():
     with pytest.raises(ProviderDisconnected):
         read([b"1" * 5000])
 

@@ -544,18 +544,20 @@ def test_sigterm_interrupts_socket_answers_then_closes_the_sockets_at_once(upstr
 
 
 def test_each_message_counts_against_the_rate_limit_the_http_api_shares(upstream):
-    """A socket is no way around the rate limit: every prompt, cancel and resume is a
-    request, counted with the identity's HTTP requests (one counter, shared by workers)."""
+    """A socket is no way around the rate limit: every prompt and resume is a request,
+    counted with the identity's HTTP requests (one counter, shared by workers). A cancel
+    is never refused, nor counted: it ends what costs."""
     server = Server(upstream.url, STOPWIRE_RATE_LIMIT="5/minute")
     try:
         with Client(server.url) as client:  # the handshake: 1
-            meta = client.prompt(f"{marker()} {LONG}")  # 2
-            client.send({"type": "cancel", "generation_id": meta["generation_id"]})  # 3
-            client.until(is_done(meta["generation_id"]))
+            first = client.prompt(f"{marker()} {LONG}")  # 2
+            client.send({"type": "cancel", "generation_id": first["generation_id"]})  # free
+            client.until(is_done(first["generation_id"]))
             listed = requests.get(f"{server.url}/api/conversations", headers=AUTH, timeout=10)
-            assert listed.status_code == 200  # 4, over HTTP
-            again = client.prompt(f"{marker()} [demo tokens=2]")  # 5
-            client.until(is_done(again["generation_id"]))
+            assert listed.status_code == 200  # 3, over HTTP
+            second = client.prompt(f"{marker()} [demo tokens=2]")  # 4
+            client.until(is_done(second["generation_id"]))
+            third = client.prompt(f"{marker()} {LONG}")  # 5
             client.send({"type": "prompt", "content": "a sixth request"})
             error = client.until(lambda m: m["type"] == "error")[-1]
             assert error["status"] == 429 and error["error"]["type"] == "rate_limited"
@@ -563,8 +565,9 @@ def test_each_message_counts_against_the_rate_limit_the_http_api_shares(upstream
             assert 1 <= error["retry_after"] <= 60
             refused = requests.get(f"{server.url}/api/conversations", headers=AUTH, timeout=10)
             assert refused.status_code == 429  # the same counter, over HTTP
-            client.send({"type": "cancel", "generation_id": again["generation_id"]})
-            assert client.until(lambda m: m["type"] == "error")[-1]["status"] == 429
+            client.send({"type": "cancel", "generation_id": third["generation_id"]})
+            done = client.until(is_done(third["generation_id"]))[-1]
+            assert done["status"] == "stopped" and done["reason"] == "user_stop"
             assert client.status == 101 and client.close_code is None  # still open
     finally:
         server.close()

@@ -6,7 +6,7 @@ import json
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from web_support import OTHER, MakeApp, api_error, saved_turn
+from web_support import OTHER, MakeApp, api_error, client_as, saved_turn
 from werkzeug.test import TestResponse
 
 JSON = "application/json"
@@ -205,3 +205,17 @@ def test_the_identity_cookie_is_issued_to_a_new_browser(app: Flask) -> None:
     with client.session_transaction() as session:
         issued = session["stopwire_user"]
     assert issued.startswith("browser:") and len(issued) > len("browser:") + 16
+
+
+def test_a_stop_is_never_refused_by_the_rate_limit(make_app: MakeApp, user: str) -> None:
+    """Over STOPWIRE_RATE_LIMIT every other request is a 429, but a stop ends what costs
+    money: it is neither refused nor counted."""
+    client = client_as(make_app(STOPWIRE_RATE_LIMIT="2/minute"), user)
+    stop = "/api/generations/gen_nothing_here/stop"
+    for _ in range(5):
+        assert client.post(stop, json={}).status_code == 404  # not 429
+    assert client.get("/api/conversations").status_code == 200
+    assert client.get("/api/conversations").status_code == 200
+    refused = client.get("/api/conversations")
+    assert refused.status_code == 429 and refused.json["error"]["type"] == "rate_limited"
+    assert client.post(stop, json={}).status_code == 404  # still not refused
