@@ -460,3 +460,15 @@ def test_a_failure_mid_stream_keeps_the_text_then_error_then_done(
     # A body cut short is closed; one that ended is only given back to the pool.
     assert transport.closed_at is not None or failure is None
     assert transport.body.released
+
+
+def test_a_stop_before_the_pump_first_ran_still_ends_and_records_it(pair: Pair) -> None:
+    """`events()` started the pump, which has not run yet: a kill now would cancel it
+    outright (its `finally` too), so the stop leaves it to see the outcome first thing."""
+    generation, transport = pair
+    events = started(generation)
+    generation.stop("user_stop")  # no switch since the pump was started
+    with gevent.Timeout(3, AssertionError("never settled")):
+        rest = list(events)
+    assert done_of(rest)["status"] == "stopped" and generation.settled.is_set()
+    assert transport.requests == []  # the provider was never asked

@@ -288,3 +288,21 @@ def test_a_finished_connection_goes_back_to_the_pool_as_it_was(
     pooled = [conn for conn in list(pool.pool.queue) if conn is not None]
     assert len(pooled) == 1 and pool.num_connections == 1
     assert pooled[0].sock is not None and pooled[0].sock.gettimeout() == 7.0
+
+
+def test_a_stop_is_recorded_at_once_while_the_reader_is_busy_writing(
+    provider: ThreadProvider, make: Make
+) -> None:
+    """The reader holds a token it has not finished sending (its client reads slowly):
+    a stop closes the provider and records the end now, not once that write is done."""
+    generation = make(provider)
+    events = generation.events()
+    assert next_event(events).kind == "meta"
+    provider.send(chunk("one"))
+    assert next_event(events) == RelayEvent("token", "one")  # ...and not asked for more
+    gevent.spawn(generation.stop, "user_stop")
+    assert generation.wait_settled(2)
+    assert generation.summary()["reason"] == "user_stop"
+    wait_until(lambda: provider.closed_at is not None)
+    rest = list(events)
+    assert [e.kind for e in rest] == ["done"]
