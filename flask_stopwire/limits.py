@@ -8,8 +8,8 @@ died is freed once it goes stale.
 
 Limits count the identity's `limit_key`: a client that presented no identity is
 counted by its address, so dropping the cookie does not escape them. A WebSocket message
-that asks for something (a prompt, a cancel, a resume) counts as the HTTP request doing the
-same would (`MessageLimit`).
+that asks for something (a prompt, a resume) counts as the HTTP request doing the same
+would (`MessageLimit`). A stop is never refused nor counted (`exempt`): it ends what costs.
 """
 
 import logging

@@ -101,6 +101,27 @@ def test_migrate_returns_the_number_of_migrations(db_path):
     assert migrations.migrate(db) == len(migrations.MIGRATIONS) == 5
 
 
+def test_workers_opening_a_new_file_at_once_all_connect(tmp_path):
+    """Workers booting together race to switch a new file to WAL; SQLite refuses the
+    loser at once ("database is locked", about one round in fifteen before the retry)."""
+    for round_ in range(100):
+        path = str(tmp_path / f"new-{round_}.sqlite3")
+        errors: list[Exception] = []
+
+        def open_it(path: str = path, errors: list[Exception] = errors) -> None:
+            try:
+                connect(path).close()
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [], (round_, errors)
+
+
 def test_connect_twice_on_one_file_does_not_rerun_migrations(db_path):
     first = connect(db_path)
     first.execute(

@@ -16,6 +16,7 @@ whose connection waits as before.
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -129,13 +130,28 @@ def connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
-        db.execute("PRAGMA foreign_keys = ON")
-        migrate(db)
+        _prepare(db)
     except BaseException:
         # Closed now, not when a garbage collection gets to the traceback: a read-only
         # or full disk fails every retry here, and each would keep the file open.
         db.close()
         raise
     return db
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """WAL mode and the schema. Workers booting together on a new file race to switch it
+    to WAL, and SQLite refuses the loser at once ("database is locked") instead of
+    waiting its busy timeout: it tries again until that timeout has passed."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
+    db.execute("PRAGMA foreign_keys = ON")
+    migrate(db)
