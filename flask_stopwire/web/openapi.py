@@ -249,13 +249,12 @@ def _api_paths(api: str, security: list[Schema]) -> Schema:
                 "summary": "Stop a generation on whichever worker holds it",
                 "description": (
                     "Idempotent; the answer is the generation's final summary (the `done` "
-                    "event). The first outcome decided wins."
+                    "event). The first outcome decided wins. Never refused nor counted by "
+                    "the rate limit: it ends what costs."
                 ),
                 "parameters": [generation_id],
                 "requestBody": _body(_ref("StopRequest"), required=False),
-                "responses": _api_errors(
-                    _json(_ref("Summary")), 400, 401, 403, 404, 413, 415, 429, 503
-                ),
+                "responses": _api_errors(_json(_ref("Summary")), 400, 401, 403, 404, 413, 415, 503),
                 "security": security,
             }
         },

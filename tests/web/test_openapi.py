@@ -173,5 +173,7 @@ def test_every_operation_documents_its_errors_and_streams(make_app) -> None:
         "$ref": "#/components/schemas/OpenAIError"
     }
     assert "Retry-After" in chat["429"]["headers"]
+    stop = paths["/api/generations/{generation_id}/stop"]["post"]["responses"]
+    assert "429" not in stop  # a stop is never refused by the rate limit
     model = paths["/v1/models/{model}"]["get"]["parameters"][0]
     assert model["example"] == MODEL
