@@ -182,14 +182,20 @@ def next_event(events: Iterator[RelayEvent], timeout: float = 2.0) -> RelayEvent
         return next(events)
 
 
+def streaming(generation: Generation, provider: ThreadProvider) -> Iterator[RelayEvent]:
+    """The generation's events, meta and a first token ("one") read."""
+    events = generation.events()
+    assert next_event(events).kind == "meta"
+    provider.send(chunk("one"))
+    assert next_event(events) == RelayEvent("token", "one")
+    return events
+
+
 def test_the_viewer_reads_the_provider_and_the_pump_is_gone(
     provider: ThreadProvider, make: Make
 ) -> None:
     generation = make(provider)
-    events = generation.events()
-    assert next_event(events).kind == "meta"
-    provider.send(chunk("Hello"))
-    assert next_event(events) == RelayEvent("token", "Hello")
+    events = streaming(generation, provider)
     assert generation._pump.dead  # its stack is freed: the viewer reads on
     provider.send(chunk(" there", ", you"))  # two events in one read: one frame
     assert next_event(events) == RelayEvent("token", " there, you")
@@ -202,7 +208,7 @@ def test_the_viewer_reads_the_provider_and_the_pump_is_gone(
     provider.send(_END)
     rest = list(events)
     assert [e.kind for e in rest] == ["done"] and rest[0].data["status"] == "complete"
-    assert generation.text() == "Hello there, you" + big + "!"
+    assert generation.text() == "one there, you" + big + "!"
 
 
 def test_bytes_that_came_with_the_headers_are_read_at_once(serve: Serve, make: Make) -> None:
@@ -226,10 +232,7 @@ def test_a_stop_while_the_reader_waits_closes_the_provider_at_once(
     provider: ThreadProvider, make: Make
 ) -> None:
     generation = make(provider)
-    events = generation.events()
-    assert next_event(events).kind == "meta"
-    provider.send(chunk("one"))
-    assert next_event(events) == RelayEvent("token", "one")
+    events = streaming(generation, provider)
     gevent.spawn_later(0.05, generation.stop, "user_stop")
     rest = list(events)
     assert rest[-1].data["status"] == "stopped" and rest[-1].data["reason"] == "user_stop"
@@ -296,10 +299,7 @@ def test_a_stop_is_recorded_at_once_while_the_reader_is_busy_writing(
     """The reader holds a token it has not finished sending (its client reads slowly):
     a stop closes the provider and records the end now, not once that write is done."""
     generation = make(provider)
-    events = generation.events()
-    assert next_event(events).kind == "meta"
-    provider.send(chunk("one"))
-    assert next_event(events) == RelayEvent("token", "one")  # ...and not asked for more
+    events = streaming(generation, provider)  # ...and not asked for more
     gevent.spawn(generation.stop, "user_stop")
     assert generation.wait_settled(2)
     assert generation.summary()["reason"] == "user_stop"

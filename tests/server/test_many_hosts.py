@@ -250,6 +250,23 @@ def view(host: Server, created: dict, last_id: str | None = None) -> Connection:
     return conn
 
 
+def cut_then_back(
+    a: Server, b: Server, redis_client: redis.Redis, content: str, grace_s: float
+) -> tuple[dict, list, Connection]:
+    """An answer viewed on A and cut after 3 tokens, once A mirrors it viewed again on B
+    from the last event it had: (the answer, A's events, B's connection)."""
+    created = create(a, content, grace_s)
+    first_conn = view(a, created)
+    first = first_conn.events(tokens=3)
+    first_conn.close_rst()
+    key = f"stopwire:answer:{created['generation_id']}"
+    deadline = time.monotonic() + 5
+    while not redis_client.exists(key):  # A mirrors it once its viewer left
+        assert time.monotonic() < deadline, "never mirrored"
+        time.sleep(0.02)
+    return created, first, view(b, created, first[-1].id)
+
+
 def answer_row(host: Server, generation_id: str) -> dict:
     query = "SELECT content, status, reason FROM messages WHERE generation_id = ?"
     return host.query(query, (generation_id,))[0]
@@ -261,17 +278,8 @@ def test_a_viewer_back_on_another_host_gets_exactly_the_rest_and_keeps_it_runnin
     """Cut on A with a 1 s grace, back on B: B reads A's mirror (the missed text once,
     then the live tail). Its viewing keeps the answer running well past the grace."""
     a, b = hosts
-    prompt = marker()
-    created = create(a, f"{prompt} [demo tokens=80 gap=0.05]", grace_s=1)
-    first_conn = view(a, created)
-    first = first_conn.events(tokens=5)
-    first_conn.close_rst()
-    key = f"stopwire:answer:{created['generation_id']}"
-    deadline = time.monotonic() + 5
-    while not redis_client.exists(key):  # A mirrors it once its viewer left
-        assert time.monotonic() < deadline, "never mirrored"
-        time.sleep(0.02)
-    back = view(b, created, first[-1].id)
+    content = f"{marker()} [demo tokens=80 gap=0.05]"
+    created, first, back = cut_then_back(a, b, redis_client, content, grace_s=1)
     rest = back.events()  # 4 s of answer: past the grace only because B views it
     assert rest[-1].event == "done" and rest[-1].data["status"] == "complete", rest[-1]
     assert all(e.event != "meta" for e in rest)
@@ -289,12 +297,7 @@ def test_once_the_viewer_elsewhere_leaves_a_new_grace_runs_out_and_stops_it(
 ):
     a, b = hosts
     prompt = marker()
-    created = create(a, f"{prompt} {LONG}", grace_s=1)
-    first_conn = view(a, created)
-    first = first_conn.events(tokens=3)
-    first_conn.close_rst()
-    time.sleep(0.3)
-    back = view(b, created, first[-1].id)
+    created, _, back = cut_then_back(a, b, redis_client, f"{prompt} {LONG}", grace_s=1)
     back.events(tokens=3)
     time.sleep(1.5)  # past the first grace: B's lease keeps it running
     assert upstream.record(prompt)["ended"] == "streaming"
@@ -306,15 +309,10 @@ def test_once_the_viewer_elsewhere_leaves_a_new_grace_runs_out_and_stops_it(
     assert (row["status"], row["reason"]) == ("stopped", "client_disconnect")
 
 
-def test_a_stop_from_the_host_a_viewer_came_back_to_is_immediate(hosts, upstream):
+def test_a_stop_from_the_host_a_viewer_came_back_to_is_immediate(hosts, upstream, redis_client):
     a, b = hosts
     prompt = marker()
-    created = create(a, f"{prompt} {LONG}", grace_s=10)
-    first_conn = view(a, created)
-    first = first_conn.events(tokens=3)
-    first_conn.close_rst()
-    time.sleep(0.3)
-    back = view(b, created, first[-1].id)
+    created, _, back = cut_then_back(a, b, redis_client, f"{prompt} {LONG}", grace_s=10)
     back.events(tokens=2)
     stopped_at = time.monotonic()
     url = f"{b.url}/api/generations/{created['generation_id']}/stop"
