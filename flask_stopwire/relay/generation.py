@@ -59,6 +59,7 @@ from flask_stopwire.providers.base import (
 )
 from flask_stopwire.providers.http import SocketBody, iter_body, open_stream, socket_body
 from flask_stopwire.relay import disconnect
+from flask_stopwire.relay.turns import wait_turn
 
 log = logging.getLogger(__name__)
 
@@ -547,8 +548,9 @@ class Generation:
 
     def _open(self) -> bool:
         """Ask the provider for the stream; False if stopped before that."""
+        wait_turn()  # behind the tokens of the answers already streaming (relay/turns.py)
         if self.outcome is not None:
-            return False  # stopped before the pump ran
+            return False  # stopped before the pump ran, or while it waited its turn
         if self.before_call is not None:
             self.before_call(self)
             if self.outcome is not None:

@@ -472,3 +472,16 @@ def test_a_stop_before_the_pump_first_ran_still_ends_and_records_it(pair: Pair) 
         rest = list(events)
     assert done_of(rest)["status"] == "stopped" and generation.settled.is_set()
     assert transport.requests == []  # the provider was never asked
+
+
+def test_a_stop_while_the_pump_waits_its_turn_never_asks_the_provider(pair: Pair) -> None:
+    """The pump waits for the loop's turn before it asks (relay/turns.py); a stop then
+    kills it there, and the provider is never asked."""
+    generation, transport = pair
+    events = started(generation)
+    gevent.sleep(0)  # the pump runs, and waits for the end of the loop's turn
+    generation.stop("user_stop")
+    with gevent.Timeout(3, AssertionError("never settled")):
+        rest = list(events)
+    assert done_of(rest)["status"] == "stopped" and generation.settled.is_set()
+    assert transport.requests == []
