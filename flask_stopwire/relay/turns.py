@@ -11,6 +11,10 @@ of the loop's next turn: a check watcher of the lowest priority runs once that t
 sockets and timers (the tokens, the stops) were served, and lets the waiting starts go
 on, in order, for up to `TURN_S` of it (one at least, so a busy worker still starts
 new answers). An idle watcher keeps the loop from sleeping in its poll while any wait.
+
+`TURN_S` is gevent's own switch interval, the time it lets callbacks run before it
+checks the clock (and it checks only every 50 callbacks). A smaller turn kept tokens
+waiting less but started new chats later (docs/token-path-profile.md).
 """
 
 import time
@@ -19,7 +23,7 @@ from collections import deque
 
 from gevent.hub import Hub, Waiter, get_hub
 
-TURN_S = 0.001
+TURN_S = 0.005
 _LAST = -2  # libev's lowest priority: after every socket and timer of the turn
 
 
