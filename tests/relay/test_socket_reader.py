@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gevent
+import gevent.event
 import pytest
 import requests
 import trustme
@@ -306,3 +307,29 @@ def test_a_stop_is_recorded_at_once_while_the_reader_is_busy_writing(
     wait_until(lambda: provider.closed_at is not None)
     rest = list(events)
     assert [e.kind for e in rest] == ["done"]
+
+
+def test_a_kill_of_the_reader_while_it_records_the_end_does_not_cut_the_record(
+    provider: ThreadProvider, make: Make
+) -> None:
+    """A WebSocket that closes kills its answers' greenlets; the reader records the end
+    in a greenlet of its own, waited for, so a kill then lands in the wait, not the save."""
+    generation = make(provider)
+    release = gevent.event.Event()
+    recorded: list[str] = []
+
+    def save(ended: Generation) -> bool:
+        release.wait()  # a database that takes its time
+        recorded.append(ended.summary()["status"])
+        return True
+
+    generation.on_end = save
+    reader = gevent.spawn(lambda: list(streaming(generation, provider)))
+    wait_until(lambda: generation.text() == "one")
+    provider.send(DONE)
+    provider.send(_END)
+    wait_until(lambda: generation.ended_at is not None)  # the save has begun
+    reader.kill()
+    release.set()
+    assert generation.wait_settled(2)
+    assert recorded == ["complete"] and generation.saved

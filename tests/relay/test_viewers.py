@@ -190,6 +190,33 @@ def test_a_grace_asks_whether_a_viewer_elsewhere_reads_it_and_then_grants_a_new_
     assert 0.3 <= generation.stop_at - gone_at < 2.5  # type: ignore[operator]
 
 
+def test_a_viewer_back_while_the_grace_asks_elsewhere_keeps_it_running(
+    make_generation: MakeGeneration, client: tuple[socket.socket, socket.socket]
+) -> None:
+    """Asking whether a viewer elsewhere reads it goes to Redis: other greenlets run
+    meanwhile. A viewer that came back here in that time wins over the answer "no"."""
+    generation, transport = make_generation(grace_s=0.2)
+    asked: list[float] = []
+
+    def slow_no(_generation: Generation) -> bool:
+        asked.append(time.monotonic())
+        gevent.sleep(0.3)  # a viewer comes back while we wait for the answer
+        return False
+
+    generation.viewed_elsewhere = slow_no
+    view_then_leave(generation, transport, client, "One ")
+    wait_until(lambda: asked)
+    heard: list[RelayEvent] = []
+    back = collect(generation.events(after=4), heard)  # attaches now, while we wait
+    wait_until(lambda: time.monotonic() - asked[0] > 0.4)  # the answer "no" came
+    assert generation.outcome is None  # still running: its viewer is back
+    transport.text("two")
+    transport.finish()
+    back.get(timeout=2)
+    assert heard[0] == RelayEvent("token", "two", 7)
+    assert heard[-1].data["status"] == "complete"
+
+
 def test_observe_yields_the_text_as_it_arrives_until_the_outcome(
     make_generation: MakeGeneration,
 ) -> None:
