@@ -216,10 +216,10 @@ class StopwireState:
         generation is stoppable by id (from any worker) and viewable again
         (`view`), and saved into `message_id` (after `prefix`) when one is given."""
         self.start()
-        self.registry.add(generation)
         if message_id:
             self.recorder.track(generation, message_id, prefix)
         self.metrics.active.inc()
+        self.registry.add(generation)  # last: while shutting down, it ends here, recorded
         yield from generation.events(client_sock, after)
 
     def view(

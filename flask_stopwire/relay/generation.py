@@ -472,7 +472,8 @@ class Generation:
                     gevent.spawn(self._finish)
             elif self._pump_running:
                 self._pump.kill(block=False)  # no socket yet: stop it connecting
-            # else the pump has not run yet: it sees the outcome first thing, and finishes
+            # else the pump has not run yet, or waits its turn: it sees the outcome
+            # first thing, and finishes
         return self.outcome  # type: ignore[return-value]
 
     def kept_text(self) -> str:
@@ -533,6 +534,9 @@ class Generation:
 
     def _read_provider(self) -> None:
         """The pump greenlet: open the provider's stream, then read it while no viewer does."""
+        # Behind the tokens of the answers already streaming (relay/turns.py). Not yet
+        # "running": a stop meanwhile is not a kill, which could land in the record below.
+        wait_turn()
         self._pump_running = True  # from now on a kill lands in here, and `finally` runs
         handed_over = False
         try:
@@ -548,7 +552,6 @@ class Generation:
 
     def _open(self) -> bool:
         """Ask the provider for the stream; False if stopped before that."""
-        wait_turn()  # behind the tokens of the answers already streaming (relay/turns.py)
         if self.outcome is not None:
             return False  # stopped before the pump ran, or while it waited its turn
         if self.before_call is not None:

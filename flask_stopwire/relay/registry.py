@@ -21,10 +21,15 @@ class Registry:
         # id -> the text it kept, for the latest ended answers (saved ones are also stored)
         self._texts: OrderedDict[str, str] = OrderedDict()
         self._replayable = replayable
+        self._closing = False  # the worker is shutting down
 
     def add(self, generation: Generation) -> None:
-        """Make a generation stoppable by id."""
+        """Make a generation stoppable by id. Once the worker is shutting down it is
+        interrupted at once: a request that was on its way (waiting its turn, say) when
+        the others were interrupted must not hold the worker until its graceful timeout."""
         self._live[generation.id] = generation
+        if self._closing:
+            generation.stop("shutdown", status="interrupted")
 
     def finish(self, generation: Generation) -> None:
         """Forget a live generation, keeping its final summary for late stops."""
@@ -72,7 +77,8 @@ class Registry:
         return self.live(user_id, generation_id) is not None
 
     def interrupt_all(self) -> int:
-        """Interrupt every live generation (the worker is shutting down)."""
+        """Interrupt every live generation (the worker is shutting down), and any added later."""
+        self._closing = True
         live = list(self._live.values())
         for generation in live:
             generation.stop("shutdown", status="interrupted")

@@ -30,14 +30,13 @@ _LAST = -2  # libev's lowest priority: after every socket and timer of the turn
 class Turns:
     """One event loop's queue of answer starts."""
 
-    def __init__(self, hub: Hub):
-        self._hub = hub
+    def __init__(self, hub: Hub):  # holds no reference to `hub`: it keys a weak dict
         self._waiting: deque[Waiter] = deque()
         self._check = hub.loop.check(priority=_LAST)
         self._awake = hub.loop.idle(priority=_LAST)
 
     def wait(self) -> None:
-        waiter = Waiter(self._hub)
+        waiter = Waiter()  # this thread's hub
         self._waiting.append(waiter)
         if not self._check.active:
             self._check.start(self._let_go)

@@ -6,12 +6,14 @@ while something else happens; then a reader greenlet iterates and the test acts.
 """
 
 import math
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import gevent
 import pytest
 import requests
+from gevent.hub import get_hub
 from transport import MakeGeneration, ScriptedTransport, wait_until
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
@@ -476,7 +478,7 @@ def test_a_stop_before_the_pump_first_ran_still_ends_and_records_it(pair: Pair) 
 
 def test_a_stop_while_the_pump_waits_its_turn_never_asks_the_provider(pair: Pair) -> None:
     """The pump waits for the loop's turn before it asks (relay/turns.py); a stop then
-    kills it there, and the provider is never asked."""
+    is not a kill: let go, the pump sees the outcome, and the provider is never asked."""
     generation, transport = pair
     events = started(generation)
     gevent.sleep(0)  # the pump runs, and waits for the end of the loop's turn
@@ -485,3 +487,38 @@ def test_a_stop_while_the_pump_waits_its_turn_never_asks_the_provider(pair: Pair
         rest = list(events)
     assert done_of(rest)["status"] == "stopped" and generation.settled.is_set()
     assert transport.requests == []
+
+
+def test_a_stop_in_the_turn_that_lets_the_pump_go_does_not_cut_its_record(pair: Pair) -> None:
+    """A stop from a socket's watcher (a departure, a cancel) runs in the loop turn that
+    then lets the waiting pump go. Were the pump killed, the kill would land once it is
+    let go, in its record of the end, whenever the store makes that wait."""
+    generation, transport = pair
+    recorded: list[str] = []
+
+    def save(ended: Generation) -> bool:
+        gevent.sleep(0.01)  # a store that waits: PostgreSQL, or SQLite's thread
+        recorded.append(ended.summary()["status"])
+        return True
+
+    generation.on_end = save
+    events = started(generation)
+    gevent.sleep(0)  # the pump waits for the end of the loop's turn
+    ours, theirs = socket.socketpair()
+    theirs.send(b"x")
+    watcher = get_hub().loop.io(ours.fileno(), 1)
+
+    def stop_now() -> None:
+        watcher.stop()
+        generation.stop("user_stop")
+
+    watcher.start(stop_now)
+    try:
+        with gevent.Timeout(3, AssertionError("never settled")):
+            rest = list(events)
+    finally:
+        watcher.close()
+        ours.close()
+        theirs.close()
+    assert done_of(rest)["status"] == "stopped"
+    assert recorded == ["stopped"] and transport.requests == []

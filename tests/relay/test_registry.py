@@ -111,3 +111,17 @@ def test_interrupt_all_closes_every_live_generation(make_generation: MakeGenerat
         assert done["receipt"]["signal"] == "shutdown"
     assert registry.live_count() == 0
     assert registry.interrupt_all() == 0
+
+
+def test_a_generation_added_once_the_worker_shuts_down_is_interrupted_at_once(
+    make_generation: MakeGeneration,
+) -> None:
+    """A request on its way when the others were interrupted (waiting its turn, say)."""
+    registry = Registry()
+    assert registry.interrupt_all() == 0
+    generation, transport = make_generation()
+    events = serve(registry, generation).get(timeout=2)
+    done = events[-1].data
+    assert (done["status"], done["reason"]) == ("interrupted", "shutdown")
+    assert transport.requests == []  # the provider was never asked
+    assert registry.live_count() == 0
