@@ -9,13 +9,15 @@
   exits with it) at STOPWIRE_DEMO_URL, which only an app whose provider is `demo`
   uses: a host that configures a real provider in code never sends its key there.
 - `post_worker_init`: each worker starts its heartbeat and stop socket, and SIGTERM
-  (a deploy) interrupts its live answers at once instead of at the graceful timeout.
+  (a deploy) interrupts its live answers at once instead of at the graceful timeout;
+  the objects of the loaded app are frozen out of the garbage collector's full passes.
 - `child_exit`: a dead worker's live gauges are dropped. `on_exit`: cleanup.
 
 Nothing here imports requests, ssl or gevent at import time: this module loads with
 the config file, before gevent patches the worker.
 """
 
+import gc
 import os
 import shutil
 import subprocess
@@ -65,6 +67,11 @@ def post_worker_init(worker) -> None:
     states = process_states()
     for state in states:
         state.start()
+    # What exists now (modules, the app, its state: ~57,000 objects) lives as long as the
+    # worker. Out of the collector's way, a full collection, which stops every stream,
+    # scans only what requests made: 0.1-3.8 ms instead of 18-33 ms in a worker that had
+    # served 1,000 streams and eight bursts (docs/token-path-profile.md).
+    gc.freeze()
     if states:
         interrupt_on_sigterm(lambda: sum(state.interrupt_all() for state in process_states()))
     else:

@@ -20,7 +20,7 @@ debug.before_request(require_operator)
 @debug.get("/debug/stats")
 def stats() -> dict[str, int]:
     """The worker's pid, live generations, open file descriptors (those of the store's
-    connections apart) and live greenlets."""
+    connections apart), live greenlets, and the objects frozen out of the collector."""
     stopwire = get_stopwire()
     store_connections = stopwire.store.open_connections()
     return {
@@ -29,4 +29,5 @@ def stats() -> dict[str, int]:
         "open_fds": len(os.listdir("/proc/self/fd")) - store_connections,
         "store_connections": store_connections,
         "greenlets": sum(isinstance(o, greenlet) and bool(o) for o in gc.get_objects()),
+        "gc_frozen": gc.get_freeze_count(),
     }

@@ -208,3 +208,10 @@ def test_slow_reader_gets_coalesced_tokens(server):
     assert len("".join(e.data["text"] for e in tokens).split()) == 100
     assert len(tokens) < 100
     assert events[-1].data["usage"]["completion_tokens"] == 100
+
+
+def test_the_worker_froze_the_loaded_app_out_of_the_collectors_way(server):
+    """`post_worker_init` froze what the app's loading made: a full collection, which
+    holds every stream, scans only what requests made."""
+    stats = Connection(server.url).get_json("/api/debug/stats")
+    assert stats["gc_frozen"] > 10_000
