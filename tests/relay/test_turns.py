@@ -13,20 +13,18 @@ from flask_stopwire.relay.turns import TURN_S, wait_turn
 
 
 @pytest.fixture
-def ready_socket() -> Iterator[socket.socket]:
-    """A socket that is always readable: its watcher fires in every turn of the loop."""
+def turns() -> Iterator[list[str]]:
+    """A list noting "turn" at each turn of the loop, from a watcher of an always-readable
+    socket (as a streaming answer's token would be); starts note their names in it too."""
+    order: list[str] = []
     a, b = socket.socketpair()
     b.send(b"x")
-    yield a
+    io = get_hub().loop.io(a.fileno(), 1)
+    io.start(order.append, "turn")
+    yield order
+    io.close()
     a.close()
     b.close()
-
-
-def every_turn(sock: socket.socket, order: list[str]) -> object:
-    """A watcher that notes each turn of the loop (as a streaming answer's token would)."""
-    io = get_hub().loop.io(sock.fileno(), 1)
-    io.start(order.append, "turn")
-    return io
 
 
 def start(order: list[str], name: str, busy_s: float = 0.0) -> gevent.Greenlet:
@@ -42,29 +40,18 @@ def start(order: list[str], name: str, busy_s: float = 0.0) -> gevent.Greenlet:
     return gevent.spawn(run)
 
 
-def test_a_start_waits_until_the_sockets_ready_in_its_turn_were_served(
-    ready_socket: socket.socket,
-) -> None:
-    order: list[str] = []
-    io = every_turn(ready_socket, order)
-    try:
-        # Spawned greenlets run before the loop polls: without the wait, "start" came first.
-        start(order, "start").join(timeout=2)
-    finally:
-        io.close()
-    assert order[:2] == ["turn", "start"]
+def test_a_start_waits_until_the_sockets_ready_in_its_turn_were_served(turns: list[str]) -> None:
+    # Spawned greenlets run before the loop polls: without the wait, "start" came first.
+    start(turns, "start").join(timeout=2)
+    assert turns[:2] == ["turn", "start"]
 
 
 def test_a_turn_lets_starts_go_for_about_its_budget_then_serves_the_sockets_again(
-    ready_socket: socket.socket,
+    turns: list[str],
 ) -> None:
-    order: list[str] = []
-    io = every_turn(ready_socket, order)
-    try:
-        starts = [start(order, f"start {i}", busy_s=0.6 * TURN_S) for i in range(10)]
-        gevent.joinall(starts, timeout=5)
-    finally:
-        io.close()
+    starts = [start(turns, f"start {i}", busy_s=0.6 * TURN_S) for i in range(10)]
+    gevent.joinall(starts, timeout=5)
+    order = list(turns)
     names = [name for name in order if name != "turn"]
     assert names == [f"start {i}" for i in range(10)]  # all of them, in order
     runs, run = [], 0
