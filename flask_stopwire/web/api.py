@@ -167,7 +167,13 @@ def sse_response(generation: Generation, prefix: str = "", retry_ms: int | None 
 def events_response(events: Iterator[RelayEvent], retry_ms: int | None = None) -> Response:
     """Relay events as an SSE response (`retry_ms`: for EventSource)."""
     frames = sse.encode(events, retry_ms)  # type: ignore[arg-type]
-    return Response(frames, mimetype="text/event-stream", headers=SSE_HEADERS)
+    return stream_response(frames, SSE_HEADERS)
+
+
+def stream_response(frames: Iterator[bytes], headers: dict[str, str]) -> Response:
+    """A streamed response whose frames the server writes as they come: passed through,
+    not wrapped in werkzeug's two iterators, which cost a little on every frame."""
+    return Response(frames, mimetype="text/event-stream", headers=headers, direct_passthrough=True)
 
 
 def client_socket() -> Any:

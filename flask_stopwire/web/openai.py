@@ -19,6 +19,7 @@ from flask_stopwire.formats import openai as fmt
 from flask_stopwire.providers.base import Message, UnsupportedOption
 from flask_stopwire.relay.generation import RelayEvent
 from flask_stopwire.state import get_stopwire
+from flask_stopwire.web.api import stream_response
 from flask_stopwire.web.errors import ApiError, discard_body
 from flask_stopwire.web.inputs import discard_on_stop, json_body
 
@@ -140,7 +141,7 @@ def chat_completions() -> Response:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         chunks = fmt.encode(completion, [first] if first else [], events, include_usage)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return Response(chunks, mimetype="text/event-stream", headers=headers)
+        return stream_response(chunks, headers)
     return _whole(completion, first, events)
 
 

@@ -17,6 +17,7 @@ from flask_stopwire.providers.base import (
     ProviderTimeout,
     ProviderUnreachable,
     Usage,
+    json_object,
 )
 from flask_stopwire.providers.http import error_message, redact
 from flask_stopwire.providers.ollama import OllamaProvider
@@ -515,6 +516,36 @@ def test_openai_json_that_is_not_an_object(data):
     _, exc = parse_until_error(openai(), b"data: " + data + b"\n\n")
     assert isinstance(exc, ProviderStreamError)
     assert str(exc) == f"malformed stream line: {data.decode()!r}"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"a": 1}',
+        ' {"a": 1} ',  # whitespace around it
+        '{"a": 1}\n',
+        '{"a": "\\ud83d", "b": NaN}',  # a lone surrogate, a NaN: json.loads takes both
+        '{"a": 1, "a": 2}',
+        '{"a": 1}{"b": 2}',  # extra data
+        '{"a": 1} x',
+        '{"a": ',
+        '{"a": 1',
+        "{}",
+        "{",
+        "[1]",
+        b'{"a": "\xc3\xa9"}',  # bytes, as a line-based provider may pass
+    ],
+)
+def test_json_object_reads_exactly_what_json_loads_reads(line):
+    try:
+        expected = json.loads(line)
+    except ValueError:
+        expected = None
+    if isinstance(expected, dict):
+        assert json_object(line) == expected
+    else:
+        with pytest.raises(ProviderStreamError, match="malformed stream line"):
+            json_object(line)
 
 
 @pytest.mark.parametrize(
