@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import relay_cost, servers
+from bench import client, relay_cost, servers
 from bench.stop_latency import load_line, machine, machine_line, ms
 from bench.store_cost import pooled
 
@@ -40,11 +40,9 @@ def targets(
         relay_cost.direct_target(demo),
         relay_cost.baseline_target(baseline),
         relay_cost.stopwire_target(
-            "Stopwire /v1 (no store)", stopwire, relay_cost.openai_body, "/v1/chat/completions"
+            "Stopwire /v1 (no store)", stopwire, client.openai_body, "/v1/chat/completions"
         ),
-        relay_cost.stopwire_target(
-            "Stopwire /api/chat (store on)", stopwire, relay_cost.content_body
-        ),
+        relay_cost.stopwire_target("Stopwire /api/chat (store on)", stopwire, client.content_body),
     ]
 
 

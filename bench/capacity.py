@@ -9,7 +9,7 @@ p99 per-token latency stays within 20 ms of the direct read's is the answer.
 
 from dataclasses import dataclass
 
-from bench import relay_cost, servers
+from bench import client, relay_cost, servers
 
 BUDGET_MS = 20.0
 GAP_S = 0.02
@@ -92,7 +92,7 @@ def main() -> None:
         baseline = servers.baseline(demo.url, worker_connections=2000)
         started.append(baseline)
         relays = [
-            relay_cost.stopwire_target("Stopwire", stopwire, relay_cost.messages_body),
+            relay_cost.stopwire_target("Stopwire", stopwire, client.messages_body),
             relay_cost.baseline_target(baseline),
         ]
         direct = relay_cost.direct_target(demo)

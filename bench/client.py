@@ -18,6 +18,24 @@ AUTH_LINE = f"Authorization: Bearer {BENCH_KEY}\r\n"
 CLOSES = ("fin", "rst")
 
 
+# -- request bodies: what each system under test takes, for one prompt ---------------------
+
+
+def content_body(prompt: str) -> dict:
+    """Stopwire with the store on (and the baseline): a new conversation, saved."""
+    return {"content": prompt}
+
+
+def messages_body(prompt: str) -> dict:
+    """Stopwire with the store off: the caller keeps the history, nothing is saved."""
+    return {"messages": [{"role": "user", "content": prompt}]}
+
+
+def openai_body(prompt: str) -> dict:
+    """The demo provider read directly (no relay at all), or Stopwire's /v1 (nothing saved)."""
+    return {"model": "stopwire-demo", "stream": True, "messages": messages_body(prompt)["messages"]}
+
+
 def get_json(sock: socket.socket, host: str, path: str) -> dict:
     """GET `path` on a keep-alive socket and return its JSON body (Content-Length framed).
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import loadgen, servers
+from bench.client import content_body, openai_body
 from bench.stop_latency import percentile
 from flask_stopwire.demo import script as demo_script
 
@@ -29,21 +30,6 @@ class Target:
     path: str
     body: Callable[[str], dict]
     pid: int | None = None  # the relay's worker; None when the client reads the demo itself
-
-
-def content_body(prompt: str) -> dict:
-    """Stopwire with the store on (and the baseline): a new conversation, saved."""
-    return {"content": prompt}
-
-
-def messages_body(prompt: str) -> dict:
-    """Stopwire with the store off: the caller keeps the history, nothing is saved."""
-    return {"messages": [{"role": "user", "content": prompt}]}
-
-
-def openai_body(prompt: str) -> dict:
-    """The demo provider read directly (no relay at all), or Stopwire's /v1 (nothing saved)."""
-    return {"model": "stopwire-demo", "stream": True, "messages": messages_body(prompt)["messages"]}
 
 
 def stopwire_target(

@@ -55,7 +55,8 @@ def abort_table(aborts: list[Abort]) -> str:
         leak_cell = "not exposed" if leaks is None else " / ".join(str(v) for v in leaks.values())
         cells = [abort.system, str(abort.streams), ms(abort.all_closed_ms)]
         cells += [ms(row["p50_ms"]), ms(row["p99_ms"]), str(row["tokens_after_total"])]
-        cells += [f"{abort.rss_per_stream_kib:.1f}", leak_cell]
+        rss = abort.rss_per_stream_kib
+        cells += ["-" if rss is None else f"{rss:.1f}", leak_cell]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -4,7 +4,8 @@
 
 Stopwire (`gunicorn -c gunicorn.conf.py`, one gevent worker) and the common pattern
 (bench/baseline_relay.py under the same worker) relay the same demo provider, in
-one run. A raw-socket client reads a few tokens and closes by FIN or RST.
+one run, beside "no proxy" (the client reads the provider itself: this machine's floor).
+A raw-socket client reads a few tokens and closes by FIN or RST.
 
 - stop latency = the provider's `client_closed_at` minus the client's
   `time.monotonic()` just before close (both CLOCK_MONOTONIC on this host);
@@ -30,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import servers
-from bench.client import CLOSES, Stream
+from bench.client import CLOSES, Stream, content_body, openai_body
 
 POLL_S = 0.02
 BATCH_POLL_S = 0.25  # big batches: poll seldom, the demo must not be busy serializing
@@ -66,10 +67,17 @@ class System:
     path: str
     is_token: Callable[[bytes], bool]
     silence_in_parallel: bool = False  # each silent trial lasts the whole silence
+    body: Callable[[str], dict] = content_body
 
     def open(self, content: str) -> Stream:
         """Start one stream (the request is sent; nothing is read yet)."""
-        return Stream(self.url, self.path, {"content": content})
+        return Stream(self.url, self.path, self.body(content))
+
+
+def no_proxy(demo: servers.Demo) -> System:
+    """The client reads the provider itself: the floor under every relay's stop latency
+    on this machine (the client's close, loopback, the provider noticing it)."""
+    return System("no proxy", demo.base, "/v1/chat/completions", openai_token, body=openai_body)
 
 
 def stopwire_token(frame: bytes) -> bool:
@@ -246,7 +254,7 @@ def table(rows: list[Row]) -> str:
         "| tokens after stop (total / max) | p99 baseline / Stopwire |",
         "|---|---|---|--:|--:|--:|--:|--:|--:|",
     ]
-    p99 = {(r.scenario, r.close, r.system): r.stats()["p99_ms"] for r in rows}
+    p99 = {(r.scenario, r.close, r.system, r.parallel): r.stats()["p99_ms"] for r in rows}
     for row in rows:
         s = row.stats()
         trials = str(s["trials"])
@@ -255,7 +263,7 @@ def table(rows: list[Row]) -> str:
         if row.parallel:
             trials += " in parallel"
         ratio = ""
-        ours = p99.get((row.scenario, row.close, "Stopwire"))
+        ours = p99.get((row.scenario, row.close, "Stopwire", row.parallel))
         if row.system == "baseline" and ours and s["p99_ms"] is not None:
             ratio = f"{s['p99_ms'] / ours:.0f}x"
         cells = [row.scenario, row.close.upper(), row.system, trials]
@@ -356,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         systems = [
             System("Stopwire", relays[0].url, "/api/chat", stopwire_token),
             System("baseline", relays[1].url, "/chat", openai_token, silence_in_parallel=True),
+            no_proxy(demo),
         ]
         for system in systems:
             warm_up(system, demo)

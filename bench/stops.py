@@ -182,11 +182,13 @@ def mass_abort(
     system: System,
     demo: servers.Demo,
     streams: int,
-    pid: int,
+    pid: int | None,
     stats: bool,
     directive: str = ABORT,
 ) -> Abort:
     """Open `streams` streams, read a token from each, close them all at once, then count.
+
+    `pid`: the relay's worker, whose memory is read; None for no proxy.
 
     A small abort goes first: it empties the provider connection pool that earlier
     sections filled, so "before" and "after" compare like with like.
@@ -196,13 +198,13 @@ def mass_abort(
         before = settled(system.url)
     else:
         before = None
-    rss_before = rss_bytes(pid)
+    rss_before = rss_bytes(pid) if pid else 0
     closed, records, rss_open = abort_all(system, demo, streams, pid, directive)
     samples = [sample_of(records[m], closed[m]) for m in closed]
     ends = [r["client_closed_at"] for r in records.values()]
     all_closed = None if None in ends else (max(ends) - min(closed.values())) * 1000
     after = settled(system.url) if stats else None
-    per_stream = (rss_open - rss_before) / streams / 1024
+    per_stream = (rss_open - rss_before) / streams / 1024 if pid else None
     return Abort(system.name, streams, samples, all_closed, per_stream, before, after)
 
 

@@ -13,7 +13,7 @@ import argparse
 import os
 import time
 
-from bench import relay_cost, servers
+from bench import client, relay_cost, servers
 from bench.stop_latency import load_line, machine, machine_line, ms
 
 TOKENS = 100
@@ -26,8 +26,8 @@ def measure(
 ) -> dict[str, list[relay_cost.Load]]:
     """Alternate store off / on rounds and pool each side's samples."""
     targets = {
-        "store off": relay_cost.stopwire_target("store off", gunicorn, relay_cost.messages_body),
-        "store on": relay_cost.stopwire_target("store on", gunicorn, relay_cost.content_body),
+        "store off": relay_cost.stopwire_target("store off", gunicorn, client.messages_body),
+        "store on": relay_cost.stopwire_target("store on", gunicorn, client.content_body),
     }
     for target in targets.values():
         relay_cost.warm_up(target)

@@ -16,7 +16,8 @@ from bench import suite, transports
 from bench.client import CLOSES
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ["20 ms/token"] + [s.title for s in suite.PARALLEL]
+PACED = "20 ms/token"
+SCENARIOS = [PACED] + [s.title for s in suite.PARALLEL]
 
 
 @pytest.fixture(scope="module")
@@ -38,24 +39,43 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
 pytestmark = pytest.mark.slow
 
 
-def rows(report: dict) -> dict[tuple[str, str, str], dict]:
-    """Stop-latency rows by (scenario, close, system)."""
-    return {(r["scenario"], r["close"], r["system"]): r for r in report["json"]["stop_latency"]}
+def rows(report: dict, parallel: bool | None = None) -> dict[tuple[str, str, str], dict]:
+    """Stop-latency rows by (scenario, close, system): those run side by side when
+    `parallel`, one at a time when not, either when None (the 20 ms/token rows)."""
+    return {
+        (r["scenario"], r["close"], r["system"]): r
+        for r in report["json"]["stop_latency"]
+        if parallel is None or r["parallel"] == parallel
+    }
 
 
-def test_every_client_close_scenario_has_both_systems(report):
-    table = rows(report)
+def test_every_client_close_scenario_has_every_system(report):
+    table = rows(report, parallel=None)
+    side_by_side = rows(report, parallel=True)
     for scenario in SCENARIOS:
         for how in CLOSES:
-            ours, theirs = table[(scenario, how, "Stopwire")], table[(scenario, how, "baseline")]
-            assert ours["measured"] == ours["trials"] == suite.QUICK.trials
-            assert theirs["measured"] == theirs["trials"]
-            assert ours["p99_ms"] < 1000, (scenario, how, ours)
+            for system in ("Stopwire", "baseline", "no proxy"):
+                row = (side_by_side if scenario != PACED else table)[(scenario, how, system)]
+                assert row["measured"] == row["trials"] == suite.QUICK.trials, row
+                if system != "baseline":
+                    assert row["p99_ms"] < 1000, (scenario, how, row)
             assert scenario in report["md"]
 
 
+def test_the_goals_single_stream_rows_are_measured_one_at_a_time(report):
+    one_at_a_time = rows(report, parallel=False)
+    for scenario in [PACED] + [s.title for s in suite.SINGLE]:
+        for how in CLOSES:
+            for system in ("Stopwire", "no proxy"):
+                row = one_at_a_time[(scenario, how, system)]
+                assert row["measured"] == row["trials"] == suite.QUICK.trials, row
+                assert row["p99_ms"] < 1000, row
+            assert (scenario, how, "baseline") not in one_at_a_time or scenario == PACED
+        assert f"a single stream, {scenario}" in report["md"]
+
+
 def test_the_baseline_waits_out_a_silence_and_stopwire_does_not(report):
-    table = rows(report)
+    table = rows(report, parallel=True)
     for how in CLOSES:
         silent = table[("provider silent 10 s", how, "baseline")]
         assert silent["p50_ms"] > 1000  # the plain relay notices only at the next write
@@ -85,6 +105,15 @@ def test_mass_abort_closes_everything_and_leaks_nothing(report):
     assert ours["stats_after"]["live_generations"] == 0
     assert 0 < ours["rss_per_stream_kib"] < 10_000
     assert aborts["baseline"]["all_closed_ms"] is not None
+
+
+def test_the_paced_abort_has_a_floor_beside_the_relays(report):
+    paced = {a["system"]: a for a in report["json"]["paced_abort"]}
+    assert set(paced) == {"Stopwire", "baseline", "no proxy"}
+    for abort in paced.values():
+        assert abort["streams"] == suite.QUICK.paced_abort_streams
+        assert abort["measured"] == abort["trials"], abort
+    assert "aborted at once: stop p99" in report["md"] and "no proxy:" in report["md"]
 
 
 def test_relay_cost_has_every_load_and_target(report):
