@@ -35,6 +35,7 @@ final event was parsed reports `complete`; a stop before it reports `stopped`.
 
 import logging
 import math
+import os
 import secrets
 import socket
 import time
@@ -503,6 +504,10 @@ class Generation:
         except OSError:
             return True  # already closed: the pump is ending
         self.closed_at = time.monotonic()
+        # Our FIN wakes the provider's process when it runs on this host (a local model
+        # server): Linux tends to queue it on this CPU, behind what we do next (recording
+        # the end takes milliseconds). Stepping aside once lets it hear the stop now.
+        os.sched_yield()
         return True
 
     def wait_settled(self, timeout: float) -> bool:

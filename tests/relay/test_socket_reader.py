@@ -14,6 +14,7 @@ it was.
 """
 
 import json
+import os
 import queue
 import select
 import socket
@@ -35,6 +36,7 @@ from flask_stopwire.providers.base import Message
 from flask_stopwire.relay.generation import Generation, RelayEvent, RelaySettings
 
 _END = b""  # the last chunk
+_ESTABLISHED = 1  # TCP_INFO's state: no FIN sent or received
 
 
 def chunk(*texts: str) -> bytes:
@@ -239,6 +241,26 @@ def test_a_stop_while_the_reader_waits_closes_the_provider_at_once(
     assert rest[-1].data["status"] == "stopped" and rest[-1].data["reason"] == "user_stop"
     wait_until(lambda: provider.closed_at is not None)
     assert provider.closed_at - generation.stop_at < 0.5  # type: ignore[operator]
+
+
+def test_a_stop_steps_aside_once_the_provider_has_its_fin(
+    provider: ThreadProvider, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider on this host may be queued on our CPU: we yield it right after the FIN
+    left, and before recording the end (not once the bookkeeping is done)."""
+    generation = make(provider)
+    events = streaming(generation, provider)
+    sock = generation._response.raw.connection.sock  # type: ignore[union-attr]
+    seen = []
+
+    def step_aside() -> None:
+        fin_sent = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _ESTABLISHED
+        seen.append((fin_sent, generation.settled.is_set()))
+
+    monkeypatch.setattr(os, "sched_yield", step_aside)
+    generation.stop("user_stop")
+    assert [e.kind for e in events] == ["done"]
+    assert seen == [(True, False)]
 
 
 def test_the_idle_limit_holds_without_a_socket_timeout(
