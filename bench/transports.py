@@ -86,8 +86,13 @@ class WebSocket:
         while not self._read():  # the handshake's answer
             pass
 
-    def send(self, message: dict) -> None:
-        self.sock.sendall(self.conn.send(TextMessage(data=json.dumps(message))))
+    def send(self, message: dict) -> float:
+        """Send one message; returns the moment just before its bytes left (framed first,
+        so the client's own framing is not counted as the server's time)."""
+        frame = self.conn.send(TextMessage(data=json.dumps(message)))
+        at = time.monotonic()
+        self.sock.sendall(frame)
+        return at
 
     def receive(self) -> dict:
         while not self.inbox:
@@ -96,8 +101,9 @@ class WebSocket:
 
     def close(self) -> float:
         """Send a close frame (as a closed tab does); returns the moment just before."""
+        frame = self.conn.send(CloseConnection(code=1000))
         at = time.monotonic()
-        self.sock.sendall(self.conn.send(CloseConnection(code=1000)))
+        self.sock.sendall(frame)
         return at
 
     def _read(self) -> bool:
@@ -134,8 +140,7 @@ def websocket_cancel(url: str, content: str, silent: bool) -> float:
     ws, generation_id = websocket(url, content)
     if silent:
         time.sleep(0.2)
-    at = time.monotonic()
-    ws.send({"type": "cancel", "generation_id": generation_id})
+    at = ws.send({"type": "cancel", "generation_id": generation_id})
     while ws.receive()["type"] != "done":
         pass
     ws.close()

@@ -21,10 +21,12 @@ Why it is built this way (flask-sock 0.7 and simple-websocket 1.1 under gunicorn
 worker): this greenlet reads the client's messages while each answer streams from a
 greenlet of its own, so every write goes through `_Writer` and `Channel.send` (see
 there). simple-websocket's reader greenlet sees a close frame, FIN or RST within a
-millisecond and tells each answer's viewer (`Departure`, `_ClosedSignal`), and a
+millisecond and tells each answer's viewer (`Departure`, `_ReaderSignal`), and a
 generation whose last viewer left stops at once (after its grace, if it was asked for
-one); then `receive()` raises and the handler ends the answers. No exception may leave
-the handler: Flask would write an HTTP 500 into the upgraded socket.
+one); then `receive()` raises and the handler ends the answers. A cancel of an answer on
+this worker is acted on by the reader too, the moment it is parsed (`Channel.cancel_at_once`);
+the handler then answers it as every other message. No exception may leave the handler:
+Flask would write an HTTP 500 into the upgraded socket.
 """
 
 import json
@@ -159,7 +161,7 @@ class _Writer:
 class Departure:
     """The socket's answers learn here that their client left (`relay.disconnect.watch`
     takes it in place of a socket to watch): from simple-websocket's reader the moment it
-    sees the close frame or the end of the socket (`_ClosedSignal`), and again (which
+    sees the close frame or the end of the socket (`_ReaderSignal`), and again (which
     changes nothing) from the handler when `receive()` says the socket closed."""
 
     def __init__(self) -> None:
@@ -175,25 +177,38 @@ class Departure:
             on_gone()
 
 
-class _ClosedSignal:
-    """simple-websocket's `event`, which its reader sets for every message and once the
-    socket closed; on that last one the answers hear of it at once, from the reader.
+class _ReaderSignal:
+    """simple-websocket's `event`, which its reader sets for every message it parsed and
+    once the socket closed. The reader acts on two of them itself, at once: a close (the
+    answers hear of it) and a message (`on_message`: a cancel stops its answer).
 
-    Without it they heard from the handler, after the reader had replied to the close
-    frame and the handler's wake-up had waited its turn on the loop: a WebSocket close
-    took about 0.5 ms longer to reach the provider than an HTTP client's FIN.
+    Without it they waited for the handler: after the reader had parsed the rest of what
+    it read (and replied to a close frame), the handler's wake-up waited its turn on the
+    loop: a WebSocket stop took about 0.5 ms longer to reach the provider than an HTTP
+    client's FIN. The handler still acts on every message, in order, as before.
     """
 
-    def __init__(self, ws: Server, on_closed: Callable[[], object]):
+    def __init__(
+        self,
+        ws: Server,
+        on_closed: Callable[[], object],
+        on_message: Callable[[str | bytes], object],
+    ):
         self._ws = ws
         self._event = ws.event
         self._on_closed: Callable[[], object] | None = on_closed
+        self._on_message = on_message
+        self._last: str | bytes | None = None  # the newest message it was told of
 
     def set(self) -> None:
         try:
-            if not self._ws.connected and self._on_closed is not None:
-                on_closed, self._on_closed = self._on_closed, None
-                on_closed()
+            if not self._ws.connected:
+                if self._on_closed is not None:
+                    on_closed, self._on_closed = self._on_closed, None
+                    on_closed()
+            elif self._ws.input_buffer and self._ws.input_buffer[-1] is not self._last:
+                self._last = self._ws.input_buffer[-1]
+                self._on_message(self._last)
         finally:
             self._event.set()  # whatever happened, `receive()` must not wait for ever
 
@@ -238,7 +253,7 @@ class Channel:
         self.limit = stopwire.settings.max_body_bytes
         self.answers: dict[str, Answer] = {}  # streaming on this socket, by generation id
         self.departure = Departure()  # what its answers' viewers watch, as SSE's their socket
-        ws.event = _ClosedSignal(ws, self.departure.left)
+        ws.event = _ReaderSignal(ws, self.departure.left, self.cancel_at_once)
         self.done: set[str] = set()  # answers whose `done` this socket sent
         self.actions = {"prompt": self.prompt, "cancel": self.cancel, "resume": self.resume}
 
@@ -323,6 +338,26 @@ class Channel:
             answer.greenlet.join(DONE_WAIT_S)
             answer.greenlet.kill(block=True, timeout=END_WAIT_S)  # stuck writing: no more
         self._send_done(generation_id, summary)
+
+    def cancel_at_once(self, raw: str | bytes) -> None:
+        """From simple-websocket's reader, the moment it parsed a message: a cancel of an
+        answer streaming on this worker stops it now. Anything else (another message, an
+        answer elsewhere, a bad cancel) waits for the handler, which acts on every message
+        in order and answers it; a cancel it finds already stopped it answers the same."""
+        if not isinstance(raw, str) or '"cancel"' not in raw:
+            return
+        try:
+            body = self._parse(raw)
+            if body.get("type") != "cancel":
+                return
+            generation_id = text(body.get("generation_id"), '"generation_id"')
+            generation = self.stopwire.registry.live(self.user_id, generation_id)
+            if generation is not None:
+                generation.stop("user_stop", seen_chars=seen_chars(body))
+        except ApiError:
+            pass  # the handler answers it with an `error`
+        except Exception:  # nothing may end the reader; the handler acts on it again
+            log.exception("a cancel failed in the WebSocket reader")
 
     def resume(self, body: dict[str, Any]) -> None:
         """An answer's events after `last_event_id` (all, with `meta`, without it): live
