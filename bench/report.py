@@ -99,7 +99,9 @@ def stop_cdfs(plt, path: Path, rows: list[Row]) -> Path:
     axes = list(axes.flat)
     for ax, scenario in zip(axes, scenarios, strict=False):
         for row in (r for r in rows if r.scenario == scenario):
-            cdf(ax, row.latencies(), f"{row.system} {row.close.upper()}", row.system != "Stopwire")
+            where = " side by side" if row.parallel else ""
+            label = f"{row.system} {row.close.upper()}{where}"
+            cdf(ax, row.latencies(), label, STYLES.get(row.system, "-"))
         ax.set_title(scenario, fontsize=10)
         ax.set_xscale("log")
         ax.set_xlabel("client close / stop -> provider closed (ms)")
@@ -115,7 +117,7 @@ def relay_cdfs(plt, path: Path, loads: list[Load]) -> Path:
     fig, axes = plt.subplots(1, len(counts), figsize=(5 * len(counts), 3.6), squeeze=False)
     for ax, count in zip(axes[0], counts, strict=True):
         for load in (x for x in loads if x.streams == count):
-            cdf(ax, sorted(load.latencies_ms), load.target, load.target == "baseline")
+            cdf(ax, sorted(load.latencies_ms), load.target, STYLES.get(load.target, "-"))
         gap_ms = next(x.gap_s for x in loads if x.streams == count) * 1000
         ax.set_title(f"{count} streams, {gap_ms:.0f} ms/token", fontsize=10)
         ax.set_xscale("log")
@@ -124,13 +126,16 @@ def relay_cdfs(plt, path: Path, loads: list[Load]) -> Path:
     return save(plt, fig, path)
 
 
-def cdf(ax, values: list[float], label: str, dashed: bool) -> None:
+STYLES = {"baseline": "--", "no proxy": ":"}  # a line style per system; Stopwire's solid
+
+
+def cdf(ax, values: list[float], label: str, style: str) -> None:
     """A step CDF of sorted values (log axes need positives: floor at 0.01 ms)."""
     if not values:
         return
     ys = [(i + 1) / len(values) for i in range(len(values))]
     xs = [max(v, 0.01) for v in values]
-    ax.step(xs, ys, where="post", label=label, linestyle="--" if dashed else "-")
+    ax.step(xs, ys, where="post", label=label, linestyle=style)
     ax.set_ylabel("fraction")
     ax.grid(True, alpha=0.3)
 

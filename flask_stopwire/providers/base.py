@@ -110,14 +110,14 @@ def json_object(line: str | bytes) -> dict[str, Any]:
     if isinstance(line, str) and line[:1] == "{":
         try:
             parsed, end = _scan_json(line, 0)
-        except (StopIteration, ValueError):
+        except (StopIteration, ValueError, RecursionError):
             pass  # malformed: json.loads below says how
         else:
             if end == len(line):  # else trailing bytes: json.loads below decides
                 return parsed
     try:
         parsed = json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # absurdly nested is malformed too
         raise ProviderStreamError(f"malformed stream line: {line[:120]!r}") from exc
     if not isinstance(parsed, dict):
         raise ProviderStreamError(f"malformed stream line: {line[:120]!r}")

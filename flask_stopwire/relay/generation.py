@@ -33,6 +33,7 @@ Race rule: the first outcome decided wins. A stop that arrives after the provide
 final event was parsed reports `complete`; a stop before it reports `stopped`.
 """
 
+import ipaddress
 import logging
 import math
 import os
@@ -127,6 +128,36 @@ class Viewer:
             get_hub().loop.run_callback(waiter.switch, None)
 
 
+_stepped_aside_in_turn = -1  # the loop turn that last yielded (one hub per worker)
+
+
+def step_aside() -> None:
+    """Yield the CPU, right after our FIN to a provider on this host (loopback).
+
+    The FIN wakes the provider's process, and Linux tends to queue it on the waking CPU,
+    ours, behind what we do next (recording the end: milliseconds), so a local model
+    server would hear of the stop late (a remote one has the FIN already: no yield).
+    Many stops in one loop turn (a mass disconnect) yield once, at the first, so later
+    FINs never wait behind a CPU-bound neighbour.
+    """
+    global _stepped_aside_in_turn
+    turn = get_hub().loop.iteration
+    if turn != _stepped_aside_in_turn:
+        _stepped_aside_in_turn = turn
+        os.sched_yield()
+
+
+def on_this_host(sock: socket.socket | None) -> bool:
+    """Whether a TCP socket's peer is a loopback address (asked once, when it opens)."""
+    if getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+        return False  # a Unix socket, or no socket at all
+    try:
+        address = ipaddress.ip_address(sock.getpeername()[0].split("%")[0])
+    except (OSError, ValueError):
+        return False
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
 def new_generation_id() -> str:
     """An unguessable id: 128 random bits."""
     return "gen_" + secrets.token_urlsafe(16)
@@ -184,6 +215,7 @@ class Generation:
         self._viewers: list[Viewer] = []
         self._grace_timer: Any = None
         self._response: requests.Response | None = None
+        self._provider_on_this_host = False  # its address is a loopback one (`step_aside`)
         self._pump = gevent.Greenlet(self._read_provider)
         self._pumping = False  # started
         self._pump_running = False  # and running: a kill would reach its `finally`
@@ -495,8 +527,7 @@ class Generation:
         many stops at once (a mass disconnect) each provider hears of its stop without
         waiting for the pumps to unwind in turn.
         """
-        connection = self._response.raw.connection if self._response is not None else None
-        sock = connection.sock if connection is not None else None
+        sock = self._provider_socket()
         if sock is None:
             return False
         try:
@@ -504,11 +535,13 @@ class Generation:
         except OSError:
             return True  # already closed: the pump is ending
         self.closed_at = time.monotonic()
-        # Our FIN wakes the provider's process when it runs on this host (a local model
-        # server): Linux tends to queue it on this CPU, behind what we do next (recording
-        # the end takes milliseconds). Stepping aside once lets it hear the stop now.
-        os.sched_yield()
+        if self._provider_on_this_host:
+            step_aside()
         return True
+
+    def _provider_socket(self) -> socket.socket | None:
+        connection = self._response.raw.connection if self._response is not None else None
+        return connection.sock if connection is not None else None
 
     def wait_settled(self, timeout: float) -> bool:
         """Wait until the outcome is final and recorded; False on timeout."""
@@ -566,6 +599,7 @@ class Generation:
         call = self.provider.build_call(self.messages, self.options)
         timeouts = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
         response = self._response = open_stream(self.session, call, timeouts, self.settings.api_key)
+        self._provider_on_this_host = on_this_host(self._provider_socket())
         body = socket_body(response) if getattr(self.provider, "pauses", False) else None
         self._pieces = body.pieces if body is not None else iter_body(response)
         self._deltas = self.provider.parse(self._pieces)

@@ -25,7 +25,9 @@ millisecond and tells each answer's viewer (`Departure`, `_ReaderSignal`), and a
 generation whose last viewer left stops at once (after its grace, if it was asked for
 one); then `receive()` raises and the handler ends the answers. A cancel of an answer on
 this worker is acted on by the reader too, the moment it is parsed (`Channel.cancel_at_once`);
-the handler then answers it as every other message. No exception may leave the handler:
+the handler then answers it as every other message, in order, though that answer's own `done`
+may go out before the replies to messages sent before the cancel (replies name their
+`generation_id`). No exception may leave the handler:
 Flask would write an HTTP 500 into the upgraded socket.
 """
 
@@ -198,7 +200,6 @@ class _ReaderSignal:
         self._event = ws.event
         self._on_closed: Callable[[], object] | None = on_closed
         self._on_message = on_message
-        self._last: str | bytes | None = None  # the newest message it was told of
 
     def set(self) -> None:
         try:
@@ -206,9 +207,8 @@ class _ReaderSignal:
                 if self._on_closed is not None:
                     on_closed, self._on_closed = self._on_closed, None
                     on_closed()
-            elif self._ws.input_buffer and self._ws.input_buffer[-1] is not self._last:
-                self._last = self._ws.input_buffer[-1]
-                self._on_message(self._last)
+            elif self._ws.input_buffer:  # told again of a message: a second stop is a no-op
+                self._on_message(self._ws.input_buffer[-1])
         finally:
             self._event.set()  # whatever happened, `receive()` must not wait for ever
 

@@ -548,6 +548,11 @@ def test_json_object_reads_exactly_what_json_loads_reads(line):
             json_object(line)
 
 
+def test_an_absurdly_nested_line_is_malformed_not_an_internal_error():
+    with pytest.raises(ProviderStreamError, match="malformed stream line"):
+        json_object('{"a": ' * 100_000 + "1" + "}" * 100_000)
+
+
 @pytest.mark.parametrize(
     "chunk",
     [

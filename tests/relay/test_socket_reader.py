@@ -33,7 +33,13 @@ from transport import wait_until
 
 from flask_stopwire.providers import make_provider
 from flask_stopwire.providers.base import Message
-from flask_stopwire.relay.generation import Generation, RelayEvent, RelaySettings
+from flask_stopwire.relay import generation as generation_module
+from flask_stopwire.relay.generation import (
+    Generation,
+    RelayEvent,
+    RelaySettings,
+    on_this_host,
+)
 
 _END = b""  # the last chunk
 _ESTABLISHED = 1  # TCP_INFO's state: no FIN sent or received
@@ -258,9 +264,58 @@ def test_a_stop_steps_aside_once_the_provider_has_its_fin(
         seen.append((fin_sent, generation.settled.is_set()))
 
     monkeypatch.setattr(os, "sched_yield", step_aside)
+    monkeypatch.setattr(generation_module, "_stepped_aside_in_turn", -1)  # a turn of its own
     generation.stop("user_stop")
     assert [e.kind for e in events] == ["done"]
     assert seen == [(True, False)]
+
+
+def test_stops_in_one_loop_turn_step_aside_once(
+    serve: Serve, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mass disconnect yields once, at its first FIN: the others never wait behind it."""
+    providers = [serve(), serve()]
+    generations = [make(provider) for provider in providers]
+    streams = [streaming(g, p) for g, p in zip(generations, providers, strict=True)]
+    turns: list[int] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: turns.append(gevent.get_hub().loop.iteration))
+    monkeypatch.setattr(generation_module, "_stepped_aside_in_turn", -1)  # a turn of its own
+    for generation in generations:  # one greenlet, no switch: one loop turn
+        generation.stop("user_stop")
+    assert all([e.kind for e in events] == ["done"] for events in streams)
+    assert len(turns) == 1
+
+
+class Peer:
+    """A socket as `on_this_host` sees it."""
+
+    def __init__(self, family: int, address: object):
+        self.family, self._address = family, address
+
+    def getpeername(self) -> object:
+        if isinstance(self._address, OSError):
+            raise self._address
+        return self._address
+
+
+@pytest.mark.parametrize(
+    ("family", "address", "local"),
+    [
+        (socket.AF_INET, ("127.0.0.1", 11434), True),
+        (socket.AF_INET, ("127.5.6.7", 80), True),
+        (socket.AF_INET6, ("::1", 80, 0, 0), True),
+        (socket.AF_INET6, ("::ffff:127.0.0.1", 80, 0, 0), True),
+        (socket.AF_INET, ("10.1.2.3", 443), False),
+        (socket.AF_INET6, ("2001:db8::1", 443, 0, 0), False),
+        (socket.AF_INET6, ("fe80::1%eth0", 443, 0, 2), False),
+        (socket.AF_INET, OSError("not connected"), False),
+        (socket.AF_UNIX, "/run/provider.sock", False),
+    ],
+)
+def test_only_a_provider_on_this_host_is_stepped_aside_for(
+    family: int, address: object, local: bool
+) -> None:
+    assert on_this_host(Peer(family, address)) is local  # type: ignore[arg-type]
 
 
 def test_the_idle_limit_holds_without_a_socket_timeout(
