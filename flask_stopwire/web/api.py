@@ -172,7 +172,8 @@ def events_response(events: Iterator[RelayEvent], retry_ms: int | None = None) -
 
 def stream_response(frames: Iterator[bytes], headers: dict[str, str]) -> Response:
     """A streamed response whose frames the server writes as they come: passed through,
-    not wrapped in werkzeug's two iterators, which cost a little on every frame."""
+    not wrapped in werkzeug's two iterators, which cost a little on every frame. The server
+    closes the frames itself; `call_on_close` callbacks do not run for such a response."""
     return Response(frames, mimetype="text/event-stream", headers=headers, direct_passthrough=True)
 
 
