@@ -27,8 +27,8 @@ one); then `receive()` raises and the handler ends the answers. A cancel of an a
 this worker is acted on by the reader too, the moment it is parsed (`Channel.cancel_at_once`);
 the handler then answers it as every other message, in order, though that answer's own `done`
 may go out before the replies to messages sent before the cancel (replies name their
-`generation_id`). No exception may leave the handler:
-Flask would write an HTTP 500 into the upgraded socket.
+`generation_id`). No exception may leave the handler: Flask would write an HTTP 500 into
+the upgraded socket.
 """
 
 import json
@@ -330,8 +330,8 @@ class Channel:
     def cancel(self, body: dict[str, Any]) -> None:
         """Stop an answer at once (on whichever worker), then send its `done`, unless its
         own greenlet on this socket did."""
-        generation_id = text(body.get("generation_id"), '"generation_id"')
-        summary = stop_summary(self.user_id, generation_id, seen_chars(body))
+        generation_id, seen = _cancel_of(body)
+        summary = stop_summary(self.user_id, generation_id, seen)
         answer = self.answers.get(generation_id)
         if answer is not None and answer.greenlet is not None:
             # It sends what was received before the stop, then `done`, at once.
@@ -350,10 +350,10 @@ class Channel:
             body = self._parse(raw)
             if body.get("type") != "cancel":
                 return
-            generation_id = text(body.get("generation_id"), '"generation_id"')
+            generation_id, seen = _cancel_of(body)
             generation = self.stopwire.registry.live(self.user_id, generation_id)
             if generation is not None:
-                generation.stop("user_stop", seen_chars=seen_chars(body))
+                generation.stop("user_stop", seen_chars=seen)
         except ApiError:
             pass  # the handler answers it with an `error`
         except Exception:  # nothing may end the reader; the handler acts on it again
@@ -470,6 +470,11 @@ class Channel:
         if size > self.limit:
             raise ApiError(413, f"a message must be at most {self.limit} bytes")
         return json_object(raw, "a message")
+
+
+def _cancel_of(body: dict[str, Any]) -> tuple[str, int | None]:
+    """A cancel's answer and how much of it the user saw; ApiError 400 when malformed."""
+    return text(body.get("generation_id"), '"generation_id"'), seen_chars(body)
 
 
 def _offset(value: Any) -> int | None:
