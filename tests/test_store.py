@@ -816,6 +816,22 @@ def test_heartbeat_renews_only_the_claimed_streaming_messages(st, db):
     assert heartbeat_at(db, mine_done["message_id"]) == old[mine_done["message_id"]]
 
 
+def test_heartbeat_flushing_a_text_renews_its_claim_only_if_claimed(st, db):
+    mine = st.begin_turn(USER, None, "Mine", live(1, "worker_a"))
+    theirs = st.begin_turn(USER, None, "Theirs", live(2, "worker_b"))
+    for ids in (mine, theirs):
+        age(db, ids["message_id"], 30)
+    old = heartbeat_at(db, theirs["message_id"])
+    before = time.time()
+
+    texts = [(mine["message_id"], "my text"), (theirs["message_id"], "their text")]
+    assert st.heartbeat([mine["message_id"]], texts, 60) == 0
+
+    assert heartbeat_at(db, mine["message_id"]) >= before
+    assert heartbeat_at(db, theirs["message_id"]) == old
+    assert message(st, theirs["conversation_id"], theirs["message_id"])["content"] == "their text"
+
+
 def test_heartbeat_marks_lost_answers_interrupted(st, db):
     mine = st.begin_turn(USER, None, "Mine", live(1, "worker_a"))
     lost1 = st.begin_turn(USER, None, "Lost 1", live(2, "worker_dead"))

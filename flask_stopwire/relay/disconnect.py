@@ -20,6 +20,7 @@ from gevent.hub import get_hub
 
 _TCP_ESTABLISHED = 1
 _POLL_S = 0.05
+_FIRST = 1  # a libev priority above the default (0) of the provider sockets' watchers
 
 
 def peer_closed(sock: socket.socket) -> bool:
@@ -71,7 +72,8 @@ class Watch:
         self._loop = get_hub().loop
         self._timer: Any = None
         try:
-            self._io: Any = self._loop.io(sock.fileno(), 1)  # 1: readable
+            # Before the tokens of the same loop turn: a departure stops a provider.
+            self._io: Any = self._loop.io(sock.fileno(), 1, priority=_FIRST)  # 1: readable
         except OSError:
             self._io = None  # the socket was closed under us: the client is gone
             self._timer = self._loop.timer(0)

@@ -61,7 +61,7 @@ from flask_stopwire.providers.base import (
 )
 from flask_stopwire.providers.http import SocketBody, iter_body, open_stream, socket_body
 from flask_stopwire.relay import disconnect
-from flask_stopwire.relay.turns import wait_turn
+from flask_stopwire.relay.turns import ENDS, in_turn, wait_turn
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +120,16 @@ class Viewer:
         self.heartbeat_due = False
         self.timer: Any = None  # a hub timer while it relays
 
-    def wake(self) -> None:
-        """Wake its handler if it sleeps (from any greenlet: the switch runs in the hub)."""
+    def wake(self, lane: float | None = None) -> None:
+        """Wake its handler if it sleeps (from any greenlet: the switch runs in the hub):
+        at once or, given a lane, in its turn there (relay/turns.py)."""
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
-            get_hub().loop.run_callback(waiter.switch, None)
+            if lane is None:
+                get_hub().loop.run_callback(waiter.switch, None)
+            else:
+                in_turn(lane, waiter)
 
 
 _stepped_aside_in_turn = -1  # the loop turn that last yielded (one hub per worker)
@@ -282,7 +286,7 @@ class Generation:
         if viewer.gone:
             return
         viewer.gone = True
-        viewer.wake()
+        viewer.wake(ENDS)  # its client is gone: ending the response can wait its turn
         self._viewers.remove(viewer)
         if self._viewers or self.outcome is not None:
             return
@@ -586,7 +590,7 @@ class Generation:
             self._fail_unexpectedly()
         finally:
             if not handed_over:
-                self._finish()
+                self._finish_apart()  # a stop that kills the pump must not land in it
 
     def _open(self) -> bool:
         """Ask the provider for the stream; False if stopped before that."""
@@ -727,12 +731,17 @@ class Generation:
             self._fail(ProviderTimeout("provider went silent past the idle limit"))
 
     def _finish_apart(self) -> None:
-        """`_finish` from a viewer: in a greenlet of its own, waited for. A kill of the
-        viewer's greenlet (a WebSocket ending its answers) must not land in the record."""
+        """`_finish` in a greenlet of its own, waited for. A kill of the pump (a stop
+        before the provider answered) or of a viewer's greenlet (a WebSocket ending its
+        answers) must not land in the record, nor in its wait for a turn."""
         gevent.spawn(self._finish).join()
 
     def _finish(self) -> None:
-        """Close the provider's stream and record the outcome: once, by its last reader."""
+        """Close the provider's stream and record the outcome: once, by its last reader.
+
+        After a stop the provider has had our FIN already: the rest waits its turn
+        (relay/turns.py), so that many stops at once each send theirs first.
+        """
         if self._finished:
             return
         self._finished = True
@@ -743,6 +752,8 @@ class Generation:
         if self._idle_timer is not None:
             self._idle_timer.close()
             self._idle_timer = None
+        if self.stop_at is not None:
+            wait_turn(ENDS)
         response = self._response
         if response is not None:
             if self.outcome is not None and self.outcome.status == "complete":

@@ -1,20 +1,27 @@
-"""New answers take turns with the answers already streaming.
+"""Work that can wait takes turns with the tokens and stops of the answers streaming.
 
-A burst of new chats reaches a gevent worker as a batch of callbacks, and gevent runs
-at least 50 callbacks before its loop polls the sockets again. Starting an answer
-costs about half a millisecond on the loop (the turn saved, the provider asked), so in
-a burst every token of the answers already streaming waited behind 25 ms and more of
-new chats (docs/token-path-profile.md).
+Two kinds of work reach a gevent worker in bursts, as batches of callbacks, and gevent
+runs at least 50 callbacks before its loop polls the sockets again:
 
-`wait_turn()` is called where an answer's start does that work. It returns at the end
-of the loop's next turn: a check watcher of the lowest priority runs once that turn's
-sockets and timers (the tokens, the stops) were served, and lets the waiting starts go
-on, in order, for up to `TURN_S` of it (one at least, so a busy worker still starts
-new answers). An idle watcher keeps the loop from sleeping in its poll while any wait.
+- `STARTS`, a burst of new chats: starting an answer costs about half a millisecond on
+  the loop (the turn saved, the provider asked), so every token of the answers already
+  streaming waited behind 25 ms and more of new chats (docs/token-path-profile.md);
+- `ENDS`, a mass stop (a proxy restarting, a laptop closed on many tabs): each provider
+  hears its stop at once, from the disconnect watcher, but what follows (the client's
+  response ended, the provider's connection closed, the end recorded: about 0.2 ms)
+  held up the next poll, and with it every departure not yet seen, by tens of ms.
 
-`TURN_S` is gevent's own switch interval, the time it lets callbacks run before it
-checks the clock (and it checks only every 50 callbacks). A smaller turn kept tokens
-waiting less but started new chats later (docs/token-path-profile.md).
+Each waits in a lane of the loop's own. `wait_turn(lane)` (or `in_turn` for a sleeper
+woken later) returns at the end of the loop's next turn: a check watcher of the lowest
+priority runs once that turn's sockets and timers (the tokens, the stops) were served,
+and lets the waiting work go on, in order, for up to the lane's budget (one at least,
+so a busy worker still gets on with it). An idle watcher keeps the loop from sleeping
+in its poll while any wait.
+
+The budget of `STARTS` is gevent's own switch interval, the time it lets callbacks run
+before it checks the clock; a smaller one kept tokens waiting less but started new chats
+later (docs/token-path-profile.md). `ENDS` gets a fifth of it: nobody waits for that
+bookkeeping, and a stop not yet seen waits behind it.
 """
 
 import time
@@ -23,31 +30,37 @@ from collections import deque
 
 from gevent.hub import Hub, Waiter, get_hub
 
-TURN_S = 0.005
+STARTS = 0.005  # a lane is named by its budget: seconds of each loop turn
+ENDS = 0.001
 _LAST = -2  # libev's lowest priority: after every socket and timer of the turn
 
 
-class Turns:
-    """One event loop's queue of answer starts."""
+class Lane:
+    """One event loop's queue of one kind of work."""
 
-    def __init__(self, hub: Hub):  # holds no reference to `hub`: it keys a weak dict
+    def __init__(self, hub: Hub, budget_s: float):  # holds no reference to `hub`
+        self._budget_s = budget_s
         self._waiting: deque[Waiter] = deque()
         self._check = hub.loop.check(priority=_LAST)
         self._awake = hub.loop.idle(priority=_LAST)
 
     def wait(self) -> None:
         waiter = Waiter()  # this thread's hub
+        self.add(waiter)
+        waiter.get()  # a waiter whose greenlet was killed meanwhile is let go harmlessly
+
+    def add(self, waiter: Waiter) -> None:
+        """Switch to `waiter` in its turn (a sleeping greenlet's, or our own)."""
         self._waiting.append(waiter)
         if not self._check.active:
             self._check.start(self._let_go)
             self._awake.start(_nothing)
-        waiter.get()  # a waiter whose greenlet was killed meanwhile is let go harmlessly
 
     def _let_go(self) -> None:
-        """One waiting start at least, then more until this turn has spent `TURN_S`."""
-        until = time.perf_counter() + TURN_S
+        """One waiting piece of work at least, then more until this turn spent the budget."""
+        until = time.perf_counter() + self._budget_s
         while self._waiting:
-            self._waiting.popleft().switch(None)  # back here once that start waits on I/O
+            self._waiting.popleft().switch(None)  # back here once that work waits on I/O
             if time.perf_counter() > until:
                 break
         if not self._waiting:
@@ -59,13 +72,25 @@ def _nothing() -> None:
     pass
 
 
-_turns: "weakref.WeakKeyDictionary[Hub, Turns]" = weakref.WeakKeyDictionary()
+_lanes: "weakref.WeakKeyDictionary[Hub, dict[float, Lane]]" = weakref.WeakKeyDictionary()
 
 
-def wait_turn() -> None:
-    """Wait for this start's turn (see the module); from any greenlet but the hub."""
+def _lane(budget_s: float) -> Lane:
     hub = get_hub()
-    turns = _turns.get(hub)
-    if turns is None:
-        turns = _turns[hub] = Turns(hub)
-    turns.wait()
+    lanes = _lanes.get(hub)
+    if lanes is None:
+        lanes = _lanes[hub] = {}
+    lane = lanes.get(budget_s)
+    if lane is None:
+        lane = lanes[budget_s] = Lane(hub, budget_s)
+    return lane
+
+
+def wait_turn(lane: float = STARTS) -> None:
+    """Wait for this work's turn in `lane` (see the module); from any greenlet but the hub."""
+    _lane(lane).wait()
+
+
+def in_turn(lane: float, waiter: Waiter) -> None:
+    """Wake the greenlet sleeping on `waiter` in its turn in `lane` (from any greenlet)."""
+    _lane(lane).add(waiter)

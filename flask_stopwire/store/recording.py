@@ -123,7 +123,8 @@ class Recorder:
         """
         answers = list(self._live.values())
         streaming = [a for a in answers if a.final is None]
-        changed = {a.message_id: a.content() for a in streaming if a.content() != a.flushed}
+        texts = ((a.message_id, a.content(), a.flushed) for a in streaming)
+        changed = {message_id: text for message_id, text, flushed in texts if text != flushed}
         claims = [a.message_id for a in answers]
         started = time.monotonic()
         sweep = started >= self._sweep_from

@@ -443,16 +443,20 @@ def _heartbeat(db, claims, texts, stale_s, slots, sweep):
                 "UPDATE running_generations SET heartbeat_at = ? WHERE generation_id = ?",
                 [(now, generation_id) for generation_id in slots],
             )
-        if texts:
+        claimed = set(claims)
+        if texts:  # a claimed answer's text and claim in one write
+            updated_at = now_iso()
             db.executemany(
-                "UPDATE messages SET content = ?, updated_at = ? "
+                "UPDATE messages SET content = ?, updated_at = ?, "
+                "heartbeat_at = CASE WHEN ? THEN ? ELSE heartbeat_at END "
                 "WHERE id = ? AND status = 'streaming'",
-                [(text, now_iso(), message_id) for message_id, text in texts],
+                [(text, updated_at, i in claimed, now, i) for i, text in texts],
             )
-        if claims:
+            claimed.difference_update(i for i, _ in texts)
+        if claimed:
             db.executemany(
                 "UPDATE messages SET heartbeat_at = ? WHERE id = ? AND status = 'streaming'",
-                [(now, message_id) for message_id in claims],
+                [(now, message_id) for message_id in claimed],
             )
         if not sweep:
             # Unchanged, but written: a page that reaches the disk is the proof.

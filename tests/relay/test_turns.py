@@ -1,5 +1,6 @@
-"""`relay.turns`: a new answer's start waits until the loop's turn served its sockets, and
-a turn lets starts go on for about `TURN_S`, one at least. In process, on gevent's loop."""
+"""`relay.turns`: work that can wait (a new answer's start, a stopped one's end) waits
+until the loop's turn served its sockets, and a turn lets each lane's work go on for about
+the lane's budget, one at least. In process, on gevent's loop."""
 
 import socket
 import time
@@ -7,9 +8,9 @@ from collections.abc import Iterator
 
 import gevent
 import pytest
-from gevent.hub import get_hub
+from gevent.hub import Waiter, get_hub
 
-from flask_stopwire.relay.turns import TURN_S, wait_turn
+from flask_stopwire.relay.turns import ENDS, STARTS, in_turn, wait_turn
 
 
 @pytest.fixture
@@ -27,11 +28,13 @@ def turns() -> Iterator[list[str]]:
     b.close()
 
 
-def start(order: list[str], name: str, busy_s: float = 0.0) -> gevent.Greenlet:
+def start(
+    order: list[str], name: str, busy_s: float = 0.0, lane: float = STARTS
+) -> gevent.Greenlet:
     """A new answer's start: it waits its turn, then works `busy_s` without yielding."""
 
     def run() -> None:
-        wait_turn()
+        wait_turn(lane)
         until = time.perf_counter() + busy_s
         while time.perf_counter() < until:
             pass
@@ -46,10 +49,11 @@ def test_a_start_waits_until_the_sockets_ready_in_its_turn_were_served(turns: li
     assert turns[:2] == ["turn", "start"]
 
 
-def test_a_turn_lets_starts_go_for_about_its_budget_then_serves_the_sockets_again(
-    turns: list[str],
+@pytest.mark.parametrize("lane", [STARTS, ENDS], ids=["starts", "ends"])
+def test_a_turn_lets_a_lane_go_for_about_its_budget_then_serves_the_sockets_again(
+    turns: list[str], lane: float
 ) -> None:
-    starts = [start(turns, f"start {i}", busy_s=0.6 * TURN_S) for i in range(10)]
+    starts = [start(turns, f"start {i}", busy_s=0.6 * lane, lane=lane) for i in range(10)]
     gevent.joinall(starts, timeout=5)
     order = list(turns)
     names = [name for name in order if name != "turn"]
@@ -77,3 +81,28 @@ def test_with_nothing_else_to_do_a_start_waits_no_more_than_a_turn() -> None:
     for _ in range(100):
         wait_turn()
     assert time.perf_counter() - began < 1.0  # ~20 µs each; never the loop's poll timeout
+
+
+def test_each_lane_has_its_own_budget_in_the_same_turn(turns: list[str]) -> None:
+    # A start that uses up its lane's turn does not hold back the end waiting beside it.
+    works = [start(turns, f"start {i}", busy_s=1.2 * STARTS) for i in range(2)]
+    works += [start(turns, f"end {i}", lane=ENDS) for i in range(2)]
+    gevent.joinall(works, timeout=5)
+    first_turn = turns[1 : turns.index("turn", 1)]
+    assert sorted(first_turn) == ["end 0", "end 1", "start 0"], turns
+
+
+def test_a_sleeper_woken_in_turn_runs_once_the_sockets_were_served(turns: list[str]) -> None:
+    waiter = Waiter()
+
+    def sleeper() -> None:
+        waiter.get()
+        turns.append("woken")
+
+    sleeping = gevent.spawn(sleeper)
+    gevent.sleep(0)  # it sleeps now
+    woken_at = len(turns)
+    in_turn(ENDS, waiter)
+    sleeping.join(timeout=2)
+    # A wake-up from a callback would run before the loop's next poll: no turn between.
+    assert "turn" in turns[woken_at : turns.index("woken")], turns
