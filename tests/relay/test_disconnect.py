@@ -1,0 +1,68 @@
+"""`relay.disconnect`: a client's departure seen from its TCP state, before the tokens of the
+same loop turn. In process, real loopback sockets, gevent's loop."""
+
+import socket
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+from gevent.hub import get_hub
+from transport import wait_until
+
+from flask_stopwire.relay import disconnect
+
+
+@pytest.fixture
+def connection() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(our end, the client's end) of a loopback TCP connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    listener.close()
+    yield ours, client
+    ours.close()
+    client.close()
+
+
+def test_a_client_that_closes_is_seen_gone(connection) -> None:
+    ours, client = connection
+    gone: list[str] = []
+    watch = disconnect.Watch(ours, lambda: gone.append("gone"))
+    gevent.sleep(0.01)
+    assert gone == []
+    client.close()
+    wait_until(lambda: gone == ["gone"], timeout=1)
+    watch.close()
+
+
+def test_bytes_of_a_next_request_are_not_a_departure(connection) -> None:
+    ours, client = connection
+    gone: list[str] = []
+    watch = disconnect.Watch(ours, lambda: gone.append("gone"))
+    client.sendall(b"GET /next HTTP/1.1\r\n\r\n")  # pipelined: readable, still open
+    gevent.sleep(0.02)
+    assert gone == []
+    client.close()
+    wait_until(lambda: gone == ["gone"], timeout=1)  # the state is polled meanwhile
+    watch.close()
+
+
+def test_a_departure_is_served_before_the_tokens_of_the_same_loop_turn(connection) -> None:
+    ours, client = connection
+    order: list[str] = []
+    tokens_a, tokens_b = socket.socketpair()  # a provider socket with a token waiting
+    token_watcher = get_hub().loop.io(tokens_a.fileno(), 1)  # the default priority
+    watch = disconnect.Watch(ours, lambda: order.append("departure"))
+    try:
+        client.close()
+        tokens_b.send(b"token")
+        time.sleep(0.01)  # both are ready before the loop polls again
+        token_watcher.start(lambda: (order.append("token"), token_watcher.stop()))
+        wait_until(lambda: len(order) == 2, timeout=1)
+        assert order == ["departure", "token"]
+    finally:
+        token_watcher.close()
+        watch.close()
+        tokens_a.close()
+        tokens_b.close()
