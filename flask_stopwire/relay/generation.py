@@ -286,17 +286,19 @@ class Generation:
         if viewer.gone:
             return
         viewer.gone = True
-        viewer.wake(ENDS)  # its client is gone: ending the response can wait its turn
         self._viewers.remove(viewer)
-        if self._viewers or self.outcome is not None:
-            return
-        if self.grace_s <= 0:
-            self.stop("client_disconnect")
-            return
-        self._start_grace(self.grace_s)
-        if self.on_unviewed is not None:
-            on_unviewed, self.on_unviewed = self.on_unviewed, None
-            on_unviewed(self)
+        try:
+            if self._viewers or self.outcome is not None:
+                return
+            if self.grace_s <= 0:
+                self.stop("client_disconnect")  # it still sleeps: its handler will finish
+                return
+            self._start_grace(self.grace_s)
+            if self.on_unviewed is not None:
+                on_unviewed, self.on_unviewed = self.on_unviewed, None
+                on_unviewed(self)
+        finally:
+            viewer.wake(ENDS)  # its client is gone: ending the response can wait its turn
 
     def _start_grace(self, seconds: float) -> None:
         if self._grace_timer is not None:
@@ -734,7 +736,8 @@ class Generation:
         """`_finish` in a greenlet of its own, waited for. A kill of the pump (a stop
         before the provider answered) or of a viewer's greenlet (a WebSocket ending its
         answers) must not land in the record, nor in its wait for a turn."""
-        gevent.spawn(self._finish).join()
+        if not self._finished:
+            gevent.spawn(self._finish).join()
 
     def _finish(self) -> None:
         """Close the provider's stream and record the outcome: once, by its last reader.
