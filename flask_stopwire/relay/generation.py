@@ -106,7 +106,8 @@ class RelayEvent:
 class Viewer:
     """One client reading a generation: what it was sent, and its wake-up.
 
-    `gone` once its client left; `waiter` while its handler sleeps.
+    `gone` once its client left; `waiter` while its handler sleeps and nobody has
+    woken it yet (a wake-up takes it).
     """
 
     __slots__ = ("at", "chunks", "gone", "heartbeat_due", "last_sent", "timer", "waiter")
@@ -291,14 +292,16 @@ class Generation:
             if self._viewers or self.outcome is not None:
                 return
             if self.grace_s <= 0:
-                self.stop("client_disconnect")  # it still sleeps: its handler will finish
+                self.stop("client_disconnect")  # woken after it: a sleeping reader is not busy
                 return
             self._start_grace(self.grace_s)
             if self.on_unviewed is not None:
                 on_unviewed, self.on_unviewed = self.on_unviewed, None
                 on_unviewed(self)
         finally:
-            viewer.wake(ENDS)  # its client is gone: ending the response can wait its turn
+            # Its client is gone: ending a stopped answer's response can wait its turn; if
+            # the answer runs on (other viewers, a grace) it may be the reader: at once.
+            viewer.wake(ENDS if self.outcome is not None else None)
 
     def _start_grace(self, seconds: float) -> None:
         if self._grace_timer is not None:
@@ -579,7 +582,8 @@ class Generation:
     def _read_provider(self) -> None:
         """The pump greenlet: open the provider's stream, then read it while no viewer does."""
         # Behind the tokens of the answers already streaming (relay/turns.py). Not yet
-        # "running": a stop meanwhile is not a kill, which could land in the record below.
+        # "running": a stop meanwhile is not a kill, which, landing before the `try`,
+        # would skip the `finally` and leave the answer unsettled.
         wait_turn()
         self._pump_running = True  # from now on a kill lands in here, and `finally` runs
         handed_over = False
@@ -742,8 +746,8 @@ class Generation:
     def _finish(self) -> None:
         """Close the provider's stream and record the outcome: once, by its last reader.
 
-        After a stop the provider has had our FIN already: the rest waits its turn
-        (relay/turns.py), so that many stops at once each send theirs first.
+        Once a stop sent the provider our FIN, the rest waits its turn (relay/turns.py),
+        so that many stops at once each send theirs first.
         """
         if self._finished:
             return
@@ -755,7 +759,7 @@ class Generation:
         if self._idle_timer is not None:
             self._idle_timer.close()
             self._idle_timer = None
-        if self.stop_at is not None:
+        if self.closed_at is not None:  # set by `_hang_up` only, so far: the FIN is out
             wait_turn(ENDS)
         response = self._response
         if response is not None:
