@@ -761,19 +761,26 @@ class Generation:
             self._idle_timer = None
         if self.closed_at is not None:  # set by `_hang_up` only, so far: the FIN is out
             wait_turn(ENDS)
-        response = self._response
-        if response is not None:
-            if self.outcome is not None and self.outcome.status == "complete":
-                self._settle()  # the viewers hear the end now, not after the drain
-                if self._body is None:
-                    _drain_and_close(response, self._pieces)
-                else:  # by now the reader may be a viewer: it must not wait here
-                    gevent.spawn(_drain_and_close, response, self._pieces, self._body)
-            else:
-                _close(response)
+        try:
+            self._close_response()
+        except Exception:  # the end is recorded all the same: its viewers wait for that
+            log.exception("closing the provider stream of generation %s failed", self.id)
         if self.closed_at is None:
             self.closed_at = time.monotonic()
         self._settle()
+
+    def _close_response(self) -> None:
+        response = self._response
+        if response is None:
+            return
+        if self.outcome is not None and self.outcome.status == "complete":
+            self._settle()  # the viewers hear the end now, not after the drain
+            if self._body is None:
+                _drain_and_close(response, self._pieces)
+            else:  # by now the reader may be a viewer: it must not wait here
+                gevent.spawn(_drain_and_close, response, self._pieces, self._body)
+        else:
+            _close(response)
 
     def _take(self, delta: Delta) -> None:
         if delta.usage is not None:

@@ -342,6 +342,25 @@ def test_keepalives_while_the_provider_is_silent(make_generation: MakeGeneration
     assert done_of(rest)["status"] == "complete"
 
 
+def test_a_provider_stream_that_fails_to_close_still_ends_recorded(
+    make_generation: MakeGeneration, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    generation, transport = make_generation(heartbeat_s=0.002)
+    reader = read_in_greenlet(generation)
+    transport.text("Hello")
+    wait_until(lambda: transport.body.reading)
+
+    def close_fails() -> None:
+        raise OSError("close failed")
+
+    monkeypatch.setattr(transport.body, "close", close_fails)
+    generation.stop("user_stop")
+    done = done_of(reader.get(timeout=2))
+    assert (done["status"], done["reason"]) == ("stopped", "user_stop")
+    assert generation.settled.is_set()
+    assert "closing the provider stream" in caplog.text
+
+
 def test_a_stop_during_silence_acts_at_once(make_generation: MakeGeneration) -> None:
     generation, transport = make_generation(heartbeat_s=0.002)
     reader = read_in_greenlet(generation)
