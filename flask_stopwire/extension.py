@@ -16,6 +16,7 @@ from flask_stopwire.web.api import api
 from flask_stopwire.web.api import stop as stop_view
 from flask_stopwire.web.conversations import conversations
 from flask_stopwire.web.debug import debug
+from flask_stopwire.web.errors import ANY_PATH, AnyPathConverter
 from flask_stopwire.web.generations import generations
 from flask_stopwire.web.openai import openai
 from flask_stopwire.web.websocket import configure as configure_websocket
@@ -70,6 +71,7 @@ class Stopwire:
         if self.identity is None:
             ensure_secret_key(app, settings.secret_key)
         app.extensions[EXTENSION_KEY] = state
+        app.url_map.converters[ANY_PATH] = AnyPathConverter  # before the blueprints' rules
         app.register_blueprint(conversations, url_prefix=self.url_prefix)
         app.register_blueprint(api, url_prefix=self.url_prefix)
         app.register_blueprint(generations, url_prefix=self.url_prefix)

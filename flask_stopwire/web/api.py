@@ -146,7 +146,7 @@ def stop_summary(user_id: str, generation_id: str, seen: int | None) -> dict[str
 
 
 @api.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-@api.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@api.route("/<stopwire_path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def not_found(path: str) -> Response:
     """Anything else under the API prefix: a JSON 404 (or 405), never an HTML page."""
     adapter = current_app.url_map.bind_to_environ(request.environ)

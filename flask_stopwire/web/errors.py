@@ -10,6 +10,7 @@ import logging
 import gevent
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from flask_stopwire import store
 
@@ -70,6 +71,16 @@ def discard_body() -> None:
                 left -= len(chunk)
         except Exception:  # broken framing or a client that left: nothing more to read
             return
+
+
+class AnyPathConverter(PathConverter):
+    """`path`, but any character: werkzeug's `.` stops at a newline, and a URL with an
+    encoded one (`%0A`) would miss our catch-all routes for the host's HTML 404."""
+
+    regex = "[^/](?s:.*?)"
+
+
+ANY_PATH = "stopwire_path"  # the converter's name in the host app's url_map
 
 
 def register_json_errors(blueprint: Blueprint) -> None:

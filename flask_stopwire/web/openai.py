@@ -100,7 +100,7 @@ def models() -> dict[str, Any]:
     return {"object": "list", "data": [_model(model)]}
 
 
-@openai.get("/models/<path:model>")
+@openai.get("/models/<stopwire_path:model>")
 def model(model: str) -> dict[str, Any]:
     """One model, or 404 for any other name."""
     _check_model(model)
@@ -258,7 +258,7 @@ def _model(name: str) -> dict[str, Any]:
 
 
 @openai.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-@openai.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@openai.route("/<stopwire_path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def not_found(path: str) -> Response:
     """Anything else under /v1: an OpenAI-shaped 404."""
     raise OpenAIError(404, f"no endpoint {request.method} {request.path}")

@@ -112,3 +112,14 @@ def test_a_streamed_body_over_the_limit_is_413(make_app) -> None:
         environ_overrides={"wsgi.input_terminated": True},
     )
     api_error(response, 413, "request_too_large")
+
+
+def test_a_newline_in_a_v1_path_is_an_openai_404(client: FlaskClient) -> None:
+    # Found by the fuzzer: werkzeug's `path` converter stops at a newline, and the URL
+    # missed every route for the host's HTML 404.
+    openai_error(client.get("/v1/models/a%0Ab"), 404, "model", "model_not_found")
+    openai_error(client.get("/v1/nothing%0A/x"), 404)
+
+
+def test_a_newline_in_an_api_path_is_a_json_404(client: FlaskClient) -> None:
+    api_error(client.get("/api/nothing%0A/x"), 404, "not_found")
