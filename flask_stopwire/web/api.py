@@ -14,7 +14,7 @@ from flask_stopwire.relay.generation import Generation, RelayEvent
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.store.sql import NO_USAGE
 from flask_stopwire.store.sqlite import Conflict
-from flask_stopwire.web.errors import ApiError, register_json_errors
+from flask_stopwire.web.errors import ANY_PATH, ApiError, register_json_errors
 from flask_stopwire.web.inputs import (
     discard_on_stop,
     json_body,
@@ -146,7 +146,7 @@ def stop_summary(user_id: str, generation_id: str, seen: int | None) -> dict[str
 
 
 @api.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-@api.route("/<stopwire_path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@api.route(f"/<{ANY_PATH}:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def not_found(path: str) -> Response:
     """Anything else under the API prefix: a JSON 404 (or 405), never an HTML page."""
     adapter = current_app.url_map.bind_to_environ(request.environ)

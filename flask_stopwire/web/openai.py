@@ -20,7 +20,7 @@ from flask_stopwire.providers.base import Message, UnsupportedOption
 from flask_stopwire.relay.generation import RelayEvent
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.web.api import stream_response
-from flask_stopwire.web.errors import ApiError, discard_body
+from flask_stopwire.web.errors import ANY_PATH, ApiError, discard_body
 from flask_stopwire.web.inputs import discard_on_stop, json_body
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def models() -> dict[str, Any]:
     return {"object": "list", "data": [_model(model)]}
 
 
-@openai.get("/models/<stopwire_path:model>")
+@openai.get(f"/models/<{ANY_PATH}:model>")
 def model(model: str) -> dict[str, Any]:
     """One model, or 404 for any other name."""
     _check_model(model)
@@ -258,7 +258,7 @@ def _model(name: str) -> dict[str, Any]:
 
 
 @openai.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-@openai.route("/<stopwire_path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@openai.route(f"/<{ANY_PATH}:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def not_found(path: str) -> Response:
     """Anything else under /v1: an OpenAI-shaped 404."""
     raise OpenAIError(404, f"no endpoint {request.method} {request.path}")
