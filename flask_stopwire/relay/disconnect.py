@@ -8,19 +8,33 @@ client's FIN, CLOSE after its RST. Unread pipelined bytes also make the socket
 readable but leave it ESTABLISHED and hide the FIN from a peek: then we poll the
 state. TCP_INFO works under TLS too, where a peek would see ciphertext.
 
-It is two watchers of the event loop, not a greenlet: one per open stream, and a
-greenlet's saved stack is most of what a stream costs in memory.
+Every watched socket of a worker sits in one epoll set of its own (`Departures`), not a
+greenlet each: a greenlet's saved stack is most of what a stream costs in memory. The
+event loop watches that set before the provider sockets of the same loop turn; and the
+work of a long turn (a burst of tokens, of starts, of ends) asks it again every
+millisecond (`notice_departures`), so a client that leaves then is not kept waiting for
+the next poll, nor its provider for our FIN: with many clients leaving at once, each
+departure seen would otherwise hold the next ones up by a whole turn of work.
 """
 
+import contextlib
+import select
 import socket
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from gevent.hub import get_hub
+from gevent.hub import Hub, get_hub
+from gevent.monkey import get_original
 
 _TCP_ESTABLISHED = 1
 _POLL_S = 0.05
 _FIRST = 1  # a libev priority above the default (0) of the provider sockets' watchers
+_MID_TURN_S = 0.001  # how often a long loop turn asks for departures
+_WATCHED = select.EPOLLIN | select.EPOLLRDHUP
+# The worker patches `select`, taking epoll away; ours never blocks (it polls with timeout 0).
+_epoll = get_original("select", "epoll")
 
 
 def peer_closed(sock: socket.socket) -> bool:
@@ -69,33 +83,31 @@ class Watch:
     def __init__(self, sock: socket.socket, on_gone: Callable[[], object]):
         self._sock = sock
         self._on_gone = on_gone
-        self._loop = get_hub().loop
+        self._departures = departures()
         self._timer: Any = None
+        self.fd = -1
         try:
-            # Before the tokens of the same loop turn: a departure stops a provider.
-            self._io: Any = self._loop.io(sock.fileno(), 1, priority=_FIRST)  # 1: readable
+            self.fd = sock.fileno()
+            self._departures.add(self)
         except OSError:
-            self._io = None  # the socket was closed under us: the client is gone
-            self._timer = self._loop.timer(0)
+            self.fd = -1  # the socket was closed under us: the client is gone
+            self._timer = self._departures.loop.timer(0)
             self._timer.start(self._gone)
-            return
-        self._io.start(self._readable)
 
     def close(self) -> None:
         """Stop watching (before gunicorn reads the next request on the socket)."""
-        if self._io is not None:
-            self._io.close()
-            self._io = None
+        self._departures.remove(self)
         if self._timer is not None:
             self._timer.close()
             self._timer = None
 
-    def _readable(self) -> None:
-        self._io.stop()
+    def readable(self) -> None:
+        """From the loop: the client sent something, or its end."""
+        self._departures.remove(self)
         if peer_closed(self._sock):
             self._gone()
         else:  # readable yet open: pipelined bytes of a next request; poll the state
-            self._timer = self._loop.timer(_POLL_S, _POLL_S)
+            self._timer = self._departures.loop.timer(_POLL_S, _POLL_S)
             self._timer.start(self._poll)
 
     def _poll(self) -> None:
@@ -105,3 +117,64 @@ class Watch:
     def _gone(self) -> None:
         self.close()
         self._on_gone()
+
+
+class Departures:
+    """The watched client sockets of one event loop, in an epoll set of its own."""
+
+    def __init__(self, hub: Hub):  # holds no reference to `hub`
+        self.loop = hub.loop
+        self._epoll = _epoll()
+        self._watches: dict[int, Watch] = {}
+        self._asked_at = 0.0
+        # Before the tokens of the same loop turn: a departure stops a provider.
+        self._io = self.loop.io(self._epoll.fileno(), 1, priority=_FIRST)  # 1: readable
+        self._io.start(self.ask)
+
+    def add(self, watch: Watch) -> None:
+        # An fd already here is a reused one (a socket closed before its watch was): ours now.
+        self._watches[watch.fd] = watch
+        try:
+            self._epoll.register(watch.fd, _WATCHED)
+        except FileExistsError:
+            self._epoll.modify(watch.fd, _WATCHED)
+
+    def remove(self, watch: Watch) -> None:
+        if self._watches.get(watch.fd) is not watch:
+            return  # not watched, or its fd now belongs to another watch
+        del self._watches[watch.fd]
+        # A socket closed first was taken out of the set with it.
+        with contextlib.suppress(OSError):
+            self._epoll.unregister(watch.fd)
+
+    def ask(self) -> None:
+        """Serve every departure the kernel has for us now (from the loop)."""
+        self._asked_at = time.perf_counter()
+        for fd, _ in self._epoll.poll(0):
+            watch = self._watches.get(fd)
+            if watch is not None:
+                watch.readable()
+
+    def ask_if_due(self) -> None:
+        if time.perf_counter() - self._asked_at >= _MID_TURN_S:
+            self.ask()
+
+
+_departures: "weakref.WeakKeyDictionary[Hub, Departures]" = weakref.WeakKeyDictionary()
+
+
+def departures() -> Departures:
+    """This thread's event loop's departures."""
+    hub = get_hub()
+    found = _departures.get(hub)
+    if found is None:
+        found = _departures[hub] = Departures(hub)
+    return found
+
+
+def notice_departures() -> None:
+    """Serve departures now if nobody asked for a millisecond: for the loop's own work
+    (the hub's greenlet) in the middle of a long turn."""
+    found = _departures.get(get_hub())
+    if found is not None:
+        found.ask_if_due()

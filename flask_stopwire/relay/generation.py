@@ -15,8 +15,8 @@ Per viewer a handler greenlet and a watcher; per generation a pump greenlet whil
   sent, the outcome is decided or a heartbeat is due, and sends everything that
   piled up meanwhile as one frame. Its events carry the character offset they end
   at, so a viewer that comes back (`after=`) gets exactly what it missed;
-- a viewer's **watcher** (two loop watchers, not a greenlet: relay/disconnect.py)
-  sees its client's socket close.
+- a viewer's **watcher** (its socket in the worker's epoll set of clients, not a
+  greenlet: relay/disconnect.py) sees its client's socket close.
 
 When the last viewer leaves, the generation stops at once, unless it was given a
 grace (`grace_s`): then it runs on that long for a viewer to come back, the pump
@@ -377,6 +377,7 @@ class Generation:
     def _readable(self) -> None:
         """In the hub: the provider's socket has bytes (or its end): wake its reader
         straight from the loop (no callback queued behind the other greenlets)."""
+        disconnect.notice_departures()  # before this token, if the turn is long
         self._io.stop()
         assert self._body is not None
         self._body.ready()

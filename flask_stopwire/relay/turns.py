@@ -30,6 +30,8 @@ from collections import deque
 
 from gevent.hub import Hub, Waiter, get_hub
 
+from flask_stopwire.relay.disconnect import notice_departures
+
 STARTS = 0.005  # a lane is named by its budget: seconds of each loop turn
 ENDS = 0.001
 _LAST = -2  # libev's lowest priority: after every socket and timer of the turn
@@ -61,6 +63,7 @@ class Lane:
         until = time.perf_counter() + self._budget_s
         while self._waiting:
             self._waiting.popleft().switch(None)  # back here once that work waits on I/O
+            notice_departures()  # a client that left meanwhile is not kept waiting
             if time.perf_counter() > until:
                 break
         if not self._waiting:

@@ -1,6 +1,7 @@
 """`relay.disconnect`: a client's departure seen from its TCP state, before the tokens of the
 same loop turn. In process, real loopback sockets, gevent's loop."""
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -66,3 +67,48 @@ def test_a_departure_is_served_before_the_tokens_of_the_same_loop_turn(connectio
         watch.close()
         tokens_a.close()
         tokens_b.close()
+
+
+def test_a_long_turn_of_the_loop_serves_a_departure_when_it_asks(connection) -> None:
+    ours, client = connection
+    order: list[str] = []
+    watch = disconnect.Watch(ours, lambda: order.append("departure"))
+
+    def busy_turn() -> None:  # the loop's own work, e.g. a burst of tokens
+        client.close()
+        time.sleep(0.002)  # blocks the loop: the FIN arrives, no poll
+        disconnect.notice_departures()
+        order.append("asked")
+
+    try:
+        get_hub().loop.run_callback(busy_turn)
+        wait_until(lambda: "asked" in order, timeout=1)
+        assert order == ["departure", "asked"]
+    finally:
+        watch.close()
+
+
+def test_a_watch_of_a_socket_closed_first_leaves_the_next_owner_of_its_fd_watched(
+    connection,
+) -> None:
+    ours, client = connection
+    listener = socket.create_server(("127.0.0.1", 0))
+    other_client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    listener.close()
+    stale = disconnect.Watch(ours, lambda: None)
+    fd = ours.fileno()
+    ours.close()  # before its watch: the kernel drops the fd from the set, which reuses it
+    os.dup2(accepted.fileno(), fd)  # the next connection gets the same fd
+    accepted.close()
+    reused = socket.socket(fileno=fd)
+    gone: list[str] = []
+    watch = disconnect.Watch(reused, lambda: gone.append("gone"))
+    try:
+        stale.close()  # must not stop watching the fd's new socket
+        other_client.close()
+        wait_until(lambda: gone == ["gone"], timeout=1)
+    finally:
+        watch.close()
+        reused.close()
+        client.close()

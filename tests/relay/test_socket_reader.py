@@ -33,6 +33,7 @@ from transport import wait_until
 
 from flask_stopwire.providers import make_provider
 from flask_stopwire.providers.base import Message
+from flask_stopwire.relay import disconnect
 from flask_stopwire.relay import generation as generation_module
 from flask_stopwire.relay.generation import (
     Generation,
@@ -247,6 +248,42 @@ def test_a_stop_while_the_reader_waits_closes_the_provider_at_once(
     assert rest[-1].data["status"] == "stopped" and rest[-1].data["reason"] == "user_stop"
     wait_until(lambda: provider.closed_at is not None)
     assert provider.closed_at - generation.stop_at < 0.5  # type: ignore[operator]
+
+
+def test_a_token_read_late_in_a_long_loop_turn_serves_a_departure_first(
+    provider: ThreadProvider, make: Make
+) -> None:
+    """A client that left while the loop worked (here a watcher of a higher priority,
+    busy 5 ms) is served before the next token of that turn, not at the next poll."""
+    events = streaming(make(provider), provider)
+    order: list[str] = []
+    reader = gevent.spawn(lambda: order.append(next_event(events).data))
+    listener = socket.create_server(("127.0.0.1", 0))
+    leaving = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    listener.close()
+    watch = disconnect.Watch(ours, lambda: order.append("departure"))
+    busy_a, busy_b = socket.socketpair()
+    busy = gevent.get_hub().loop.io(busy_a.fileno(), 1, priority=1)
+
+    def long_work() -> None:
+        busy.stop()
+        leaving.close()
+        time.sleep(0.005)  # blocks the loop: the FIN arrives, no poll
+
+    try:
+        gevent.sleep(0.05)  # the reader sleeps on the provider's socket
+        provider.send(chunk("two"))
+        busy_b.send(b"x")
+        time.sleep(0.05)  # both sockets readable at the loop's next poll
+        busy.start(long_work)
+        reader.get(timeout=2)
+        assert order == ["departure", "two"]
+    finally:
+        busy.close()
+        watch.close()
+        for sock in (busy_a, busy_b, ours, leaving):
+            sock.close()
 
 
 def test_a_stop_steps_aside_once_the_provider_has_its_fin(

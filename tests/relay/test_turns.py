@@ -10,6 +10,7 @@ import gevent
 import pytest
 from gevent.hub import Waiter, get_hub
 
+from flask_stopwire.relay import disconnect
 from flask_stopwire.relay.turns import ENDS, STARTS, in_turn, wait_turn
 
 
@@ -106,3 +107,27 @@ def test_a_sleeper_woken_in_turn_runs_once_the_sockets_were_served(turns: list[s
     sleeping.join(timeout=2)
     # A wake-up from a callback would run before the loop's next poll: no turn between.
     assert "turn" in turns[woken_at : turns.index("woken")], turns
+
+
+def test_a_client_that_leaves_while_a_lane_works_is_served_before_its_next_work() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    listener.close()
+    order: list[str] = []
+    watch = disconnect.Watch(ours, lambda: order.append("departure"))
+
+    def leaving() -> None:  # a start during which the client leaves
+        wait_turn()
+        client.close()
+        time.sleep(0.002)  # busy: the FIN arrives, no poll of the loop
+        order.append("start 0")
+
+    try:
+        works = [gevent.spawn(leaving), start(order, "start 1")]
+        gevent.joinall(works, timeout=5)
+        # Without asking between two pieces of work, the departure waited for the next poll.
+        assert order == ["start 0", "departure", "start 1"]
+    finally:
+        watch.close()
+        ours.close()
