@@ -49,12 +49,16 @@ def direct_target(demo: servers.Demo) -> Target:
     return Target("no proxy", demo.base, "/v1/chat/completions", openai_body)
 
 
-def only_child(pid: int) -> int:
-    """The single worker of a one-worker gunicorn master."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    if len(children) != 1:
-        raise RuntimeError(f"expected one worker under {pid}, found {children}")
-    return int(children[0])
+def only_child(pid: int, timeout: float = 10.0) -> int:
+    """The single worker of a one-worker gunicorn master (which listens before it forks)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if len(children) == 1:
+            return int(children[0])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"expected one worker under {pid}, found {children}")
+        time.sleep(0.05)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -168,3 +168,26 @@ def test_the_transports_bench_stops_every_transport_and_resumes_exactly(tmp_path
         assert sum(row["tokens_after"]) == 0, row
     resumed = data["resume"]
     assert resumed["cuts"] == 5 and resumed["equal"] and resumed["lost_or_duplicated"] == 0
+
+
+@pytest.mark.parametrize("scenario", ["abort", "burst", "relay"])
+def test_the_ab_bench_alternates_two_revisions(scenario: str) -> None:
+    command = ["bench.ab", scenario, "--base", "HEAD", "--rounds", "2", "--streams", "10"]
+    done = subprocess.run(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"| {scenario}, median of 2 rounds |")
+    assert "| base HEAD | this tree |" in lines[0]
+    medians = [line.split(" | ")[1:] for line in lines[2:] if line.startswith("| ")]
+    assert medians and all(cell.strip(" |") != "-" for row in medians for cell in row), lines
+    every_round = [line for line in lines if line.startswith("- ")]
+    assert len(every_round) == 3, lines  # both trees, and no proxy or the plain relay
+    assert all(line.count(" · ") == 1 for line in every_round), lines  # two rounds each
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True)
+    assert b"stopwire-ab-" not in worktrees.stdout  # its checkout is removed

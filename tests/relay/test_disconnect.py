@@ -1,5 +1,6 @@
 """`relay.disconnect`: a client's departure seen from its TCP state, before the tokens of the
-same loop turn. In process, real loopback sockets, gevent's loop."""
+same loop turn, and in the middle of a long turn when its work asks. In process, real loopback
+sockets, gevent's loop."""
 
 import os
 import socket
