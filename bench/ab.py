@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.ab abort --base 150723c [--rounds 8]
     .venv/bin/python -m bench.ab burst --base 150723c [--rounds 6] [--streams 100]
     .venv/bin/python -m bench.ab relay --base 150723c [--rounds 6] [--streams 1000]
+    .venv/bin/python -m bench.ab silent --base 150723c [--rounds 6] [--streams 20]
 
 `--base` is a git revision, checked out in a temporary worktree; the other side is this
 working tree. Each side runs its own gunicorn worker from its own tree (one venv: the
@@ -20,6 +21,9 @@ factor of two, so compare the medians of many rounds, never one.
 - `relay`: streams connecting 5 ms apart through `/api/chat` with the store off, as section
   d: 100 tokens 20 ms apart, or, with `--streams` over 200, 30 tokens 200 ms apart; with
   the plain relay alongside.
+- `silent`: one stream at a time (`--streams` of them a round, 20 by default), the client
+  closing (FIN) while the provider is silent, as the suite's single-stream goal row. Per
+  round: stop p50, p99 and the largest.
 """
 
 import argparse
@@ -34,16 +38,17 @@ from bench.stop_latency import System, percentile
 from bench.suite import STAGGER_S, raise_fd_limit
 
 STREAMS = 200
+SILENT_TRIALS = 20
 
 Round = dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
-    parser.add_argument("scenario", choices=["abort", "burst", "relay"])
+    parser.add_argument("scenario", choices=["abort", "burst", "relay", "silent"])
     parser.add_argument("--base", required=True, help="the git revision to compare against")
     parser.add_argument("--rounds", type=int, default=8, help="alternating rounds (8)")
-    parser.add_argument("--streams", type=int, help="streams per round (200)")
+    parser.add_argument("--streams", type=int, help="streams per round (200; silent: 20)")
     args = parser.parse_args(argv)
     raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="stopwire-ab-") as scratch:
@@ -51,14 +56,22 @@ def main(argv: list[str] | None = None) -> None:
         git("worktree", "add", "--detach", str(base), args.base)
         try:
             trees = {f"base {args.base}": base, "this tree": servers.ROOT}
-            streams = args.streams or STREAMS
-            if args.scenario == "abort":
-                rounds = abort_rounds(trees, args.rounds, streams)
-            else:
-                rounds = relay_rounds(trees, args.rounds, streams, args.scenario == "burst")
+            rounds = measure(args.scenario, trees, args.rounds, args.streams)
         finally:
             git("worktree", "remove", "--force", str(base))
     print(report(args.scenario, rounds))
+
+
+def measure(
+    scenario: str, trees: dict[str, Path], rounds: int, streams: int | None
+) -> dict[str, list[Round]]:
+    if scenario == "abort":
+        count = streams or STREAMS
+        return stop_rounds(trees, rounds, lambda s, d: abort_round(s, d, count))
+    if scenario == "silent":
+        trials = streams or SILENT_TRIALS
+        return stop_rounds(trees, rounds, lambda s, d: silent_round(s, d, trials))
+    return relay_rounds(trees, rounds, streams or STREAMS, scenario == "burst")
 
 
 def git(*args: str) -> None:
@@ -90,7 +103,10 @@ def alternate(sides: dict[str, Callable[[], Round]], rounds: int) -> dict[str, l
     return out
 
 
-def abort_rounds(trees: dict[str, Path], rounds: int, streams: int) -> dict:
+def stop_rounds(
+    trees: dict[str, Path], rounds: int, one_round: Callable[[System, servers.Demo], Round]
+) -> dict:
+    """Stops through each tree's worker and with no proxy, alternating."""
     demo = servers.Demo()
     started: dict[str, servers.Gunicorn] = {}
     try:
@@ -102,7 +118,7 @@ def abort_rounds(trees: dict[str, Path], rounds: int, streams: int) -> dict:
         systems.append(stop_latency.no_proxy(demo))
         for system in systems:
             stop_latency.warm_up(system, demo)
-        sides = {s.name: (lambda s=s: abort_round(s, demo, streams)) for s in systems}
+        sides = {s.name: (lambda s=s: one_round(s, demo)) for s in systems}
         return alternate(sides, rounds)
     finally:
         for worker in started.values():
@@ -118,6 +134,17 @@ def abort_round(system: System, demo: servers.Demo, streams: int) -> Round:
         "stop p50 ms": percentile(latencies, 50),
         "tokens after": sum(s.tokens_after for s in abort.samples),
         "all closed ms": abort.all_closed_ms,
+    }
+
+
+def silent_round(system: System, demo: servers.Demo, trials: int) -> Round:
+    samples = stop_latency.sequential(system, demo, stop_latency.SILENT, "fin", trials)
+    latencies = sorted(s.latency_ms for s in samples if s.latency_ms is not None)
+    return {
+        "stop p50 ms": percentile(latencies, 50),
+        "stop p99 ms": percentile(latencies, 99),
+        "stop max ms": latencies[-1] if latencies else None,
+        "tokens after": sum(s.tokens_after for s in samples),
     }
 
 

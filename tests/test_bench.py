@@ -24,19 +24,21 @@ SCENARIOS = [PACED] + [s.title for s in suite.PARALLEL]
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run `python -m bench.suite --quick` once; its JSON and markdown."""
     out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.suite", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_bench("bench.suite", "--quick", "--out", str(out))
     data = json.loads((out / "benchmarks.json").read_text())
     return {"json": data, "md": (out / "benchmarks.md").read_text(), "stdout": done.stdout}
 
 
 pytestmark = pytest.mark.slow
+
+
+def run_bench(*command: str) -> subprocess.CompletedProcess:
+    """`python -m <command>` from the repository root; it must succeed within 5 minutes."""
+    done = subprocess.run(
+        [sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def rows(report: dict, parallel: bool | None = None) -> dict[tuple[str, str, str], dict]:
@@ -152,15 +154,7 @@ def test_capacity_search_reports_each_relay(report):
 
 
 def test_the_transports_bench_stops_every_transport_and_resumes_exactly(tmp_path: Path):
-    command = ["bench.transports", "--trials", "2", "--cuts", "5", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", *command],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_bench("bench.transports", "--trials", "2", "--cuts", "5", "--out", str(tmp_path))
     data = json.loads((tmp_path / "transports.json").read_text())
     assert {row["transport"] for row in data["stops"]} == set(transports.TRANSPORTS)
     for row in data["stops"]:
@@ -170,17 +164,9 @@ def test_the_transports_bench_stops_every_transport_and_resumes_exactly(tmp_path
     assert resumed["cuts"] == 5 and resumed["equal"] and resumed["lost_or_duplicated"] == 0
 
 
-@pytest.mark.parametrize("scenario", ["abort", "burst", "relay"])
+@pytest.mark.parametrize("scenario", ["abort", "burst", "relay", "silent"])
 def test_the_ab_bench_alternates_two_revisions(scenario: str) -> None:
-    command = ["bench.ab", scenario, "--base", "HEAD", "--rounds", "2", "--streams", "10"]
-    done = subprocess.run(
-        [sys.executable, "-m", *command],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_bench("bench.ab", scenario, "--base", "HEAD", "--rounds", "2", "--streams", "10")
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"| {scenario}, median of 2 rounds |")
     assert "| base HEAD | this tree |" in lines[0]
