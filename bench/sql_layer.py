@@ -3,7 +3,7 @@
     .venv/bin/pip install -q -e '.[bench]' && .venv/bin/python -m bench.sql_layer [--turns N]
 
 The write a new chat makes (`begin_turn`: a conversation, the question, the empty answer,
-the conversation's new time, then its messages read back) is run `--turns` times on each
+then its messages read back) is run `--turns` times on each
 database two ways, alternating blocks: through Stopwire's store (`store/sql.py`, the
 drivers' own connections: sqlite3, psycopg 3) and as the same statements through
 SQLAlchemy Core (`engine.begin()`, `text()` with bound parameters, its connection pool).
@@ -44,7 +44,6 @@ SQL = [
     "generation_id, owner, heartbeat_at, created_at, updated_at) VALUES (:aid, :cid, "
     "(SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = :cid), "
     "'assistant', '', 'streaming', 'm', :gid, 'worker_bench', :beat, :stamp, :stamp)",
-    "UPDATE conversations SET updated_at = :stamp WHERE id = :cid",
 ]
 READ_BACK = (
     "SELECT id, conversation_id, role, content, status, reason, model, usage, receipt, "

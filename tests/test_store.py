@@ -421,6 +421,31 @@ def test_finish_answer_allows_a_new_turn(st):
     assert message(st, ids["conversation_id"], second["message_id"])["status"] == "streaming"
 
 
+def test_a_new_chat_costs_one_transaction_and_one_statement(db_path):
+    """Every chat through `/api/chat` saves its turn and its end on the event loop: the
+    turn is one transaction (no update of the conversation it just inserted), the end
+    one statement (a transaction of its own)."""
+    st = SqliteStore(db_path)
+    st.begin_turn(USER, None, "warm up", live(1))  # the thread migrates; the loop connects
+    statements: list[str] = []
+    st._loop_connection().set_trace_callback(statements.append)
+    ids = st.begin_turn(USER, None, "Hello", live(2))
+    turn = [s.split(None, 2)[:2] for s in statements]
+    statements.clear()
+    finished(st, ids["message_id"], content="Hi")
+    end = [s.split(None, 2)[:2] for s in statements]
+    st.close()
+    assert turn == [
+        ["BEGIN", "IMMEDIATE"],
+        ["INSERT", "INTO"],  # the conversation
+        ["INSERT", "INTO"],  # the question
+        ["INSERT", "INTO"],  # the answer, streaming
+        ["SELECT", "id,"],  # the history the provider is asked with
+        ["COMMIT"],
+    ]
+    assert end == [["UPDATE", "messages"]]
+
+
 def test_finish_answer_bumps_message_updated_at(st):
     ids = st.begin_turn(USER, None, "Hi", live())
     started = message(st, ids["conversation_id"], ids["message_id"])["updated_at"]

@@ -315,8 +315,9 @@ def _delete_conversation(db, user_id, conversation_id):
 
 def _begin_turn(db, user_id, conversation_id, content, live, pending):
     stamp = now_iso()
+    created = conversation_id is None
     with Transaction(db):
-        if conversation_id is None:
+        if created:
             conversation_id = new_id("conv")
             title = " ".join(content.split())[:TITLE_CHARS].rstrip() or "New chat"
             db.execute(
@@ -334,7 +335,10 @@ def _begin_turn(db, user_id, conversation_id, content, live, pending):
             request, ttl_s = pending
             request = {**request, "conversation_id": conversation_id, "message_id": answer_id}
             _insert_pending(db, live["generation_id"], user_id, answer_id, request, ttl_s)
-        db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (stamp, conversation_id))
+        if not created:  # a new one was inserted with this stamp
+            db.execute(
+                "UPDATE conversations SET updated_at = ? WHERE id = ?", (stamp, conversation_id)
+            )
         messages = _messages(db, conversation_id)
     return {
         "conversation_id": conversation_id,
@@ -562,20 +566,20 @@ def _find_answer(db, user_id, generation_id):
 
 
 def _finish_answer(db, message_id, fields):
-    with Transaction(db):
-        db.execute(
-            "UPDATE messages SET content = ?, status = ?, reason = ?, usage = ?, receipt = ?, "
-            "owner = NULL, updated_at = ? WHERE id = ?",
-            (
-                fields["content"],
-                fields["status"],
-                fields["reason"],
-                json.dumps(fields["usage"]),
-                json.dumps(fields["receipt"]) if fields.get("receipt") else None,
-                now_iso(),
-                message_id,
-            ),
-        )
+    # One statement: a transaction of its own on our autocommit connections.
+    db.execute(
+        "UPDATE messages SET content = ?, status = ?, reason = ?, usage = ?, receipt = ?, "
+        "owner = NULL, updated_at = ? WHERE id = ?",
+        (
+            fields["content"],
+            fields["status"],
+            fields["reason"],
+            json.dumps(fields["usage"]),
+            json.dumps(fields["receipt"]) if fields.get("receipt") else None,
+            now_iso(),
+            message_id,
+        ),
+    )
 
 
 def _amend_stop(db, user_id, generation_id, seen_chars):
