@@ -424,17 +424,27 @@ def test_finish_answer_allows_a_new_turn(st):
 def test_a_new_chat_costs_one_transaction_and_one_statement(db_path):
     """Every chat through `/api/chat` saves its turn and its end on the event loop: the
     turn is one transaction (no update of the conversation it just inserted), the end
-    one statement (a transaction of its own)."""
+    one statement (a transaction of its own), and so is giving its running slot back."""
     st = SqliteStore(db_path)
     st.begin_turn(USER, None, "warm up", live(1))  # the thread migrates; the loop connects
     statements: list[str] = []
     st._loop_connection().set_trace_callback(statements.append)
+
+    def made() -> list[list[str]]:
+        done = [s.split(None, 2)[:2] for s in statements]
+        statements.clear()
+        return done
+
     ids = st.begin_turn(USER, None, "Hello", live(2))
-    turn = [s.split(None, 2)[:2] for s in statements]
-    statements.clear()
+    turn = made()
     finished(st, ids["message_id"], content="Hi")
-    end = [s.split(None, 2)[:2] for s in statements]
+    end = made()
+    assert st.claim_slot(USER, "gen_2", 3, 60.0)
+    made()
+    st.release_slot("gen_2")
+    release = made()
     st.close()
+    assert release == [["DELETE", "FROM"]]
     assert turn == [
         ["BEGIN", "IMMEDIATE"],
         ["INSERT", "INTO"],  # the conversation

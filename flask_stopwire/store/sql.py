@@ -650,5 +650,5 @@ def _claim_slot(db, limit_key, generation_id, cap, stale_s):
 
 
 def _release_slot(db, generation_id):
-    with Transaction(db):
-        db.execute("DELETE FROM running_generations WHERE generation_id = ?", (generation_id,))
+    # One statement: a transaction of its own on our autocommit connections.
+    db.execute("DELETE FROM running_generations WHERE generation_id = ?", (generation_id,))
