@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import burst, client, relay_cost, servers, stop_latency, stops
-from bench.stop_latency import System, percentile
+from bench.stop_latency import Row, System
 from bench.suite import STAGGER_S, raise_fd_limit
 
 STREAMS = 200
@@ -128,23 +128,23 @@ def stop_rounds(
 
 def abort_round(system: System, demo: servers.Demo, streams: int) -> Round:
     abort = stops.mass_abort(system, demo, streams, None, False, stops.PACED_ABORT)
-    latencies = sorted(s.latency_ms for s in abort.samples if s.latency_ms is not None)
+    stats = Row("abort", "fin", system.name, abort.samples).stats()
     return {
-        "stop p99 ms": percentile(latencies, 99),
-        "stop p50 ms": percentile(latencies, 50),
-        "tokens after": sum(s.tokens_after for s in abort.samples),
+        "stop p99 ms": stats["p99_ms"],
+        "stop p50 ms": stats["p50_ms"],
+        "tokens after": stats["tokens_after_total"],
         "all closed ms": abort.all_closed_ms,
     }
 
 
 def silent_round(system: System, demo: servers.Demo, trials: int) -> Round:
     samples = stop_latency.sequential(system, demo, stop_latency.SILENT, "fin", trials)
-    latencies = sorted(s.latency_ms for s in samples if s.latency_ms is not None)
+    stats = Row("silent", "fin", system.name, samples).stats()
     return {
-        "stop p50 ms": percentile(latencies, 50),
-        "stop p99 ms": percentile(latencies, 99),
-        "stop max ms": latencies[-1] if latencies else None,
-        "tokens after": sum(s.tokens_after for s in samples),
+        "stop p50 ms": stats["p50_ms"],
+        "stop p99 ms": stats["p99_ms"],
+        "stop max ms": stats["max_ms"],
+        "tokens after": stats["tokens_after_total"],
     }
 
 

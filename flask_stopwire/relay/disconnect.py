@@ -85,11 +85,10 @@ class Watch:
         self._on_gone = on_gone
         self._departures = departures()
         self._timer: Any = None
-        self.fd = -1
         try:
             self.fd = sock.fileno()
             self._departures.add(self)
-        except OSError:
+        except (OSError, ValueError):  # epoll refuses the -1 of a closed socket: ValueError
             self.fd = -1  # the socket was closed under us: the client is gone
             self._timer = self._departures.loop.timer(0)
             self._timer.start(self._gone)
@@ -132,12 +131,12 @@ class Departures:
         self._io.start(self.ask)
 
     def add(self, watch: Watch) -> None:
-        # An fd already here is a reused one (a socket closed before its watch was): ours now.
-        self._watches[watch.fd] = watch
         try:
             self._epoll.register(watch.fd, _WATCHED)
         except FileExistsError:
             self._epoll.modify(watch.fd, _WATCHED)
+        # An fd already here is a reused one (a socket closed before its watch was): ours now.
+        self._watches[watch.fd] = watch
 
     def remove(self, watch: Watch) -> None:
         if self._watches.get(watch.fd) is not watch:

@@ -113,3 +113,13 @@ def test_a_watch_of_a_socket_closed_first_leaves_the_next_owner_of_its_fd_watche
         watch.close()
         reused.close()
         client.close()
+
+
+def test_a_socket_closed_before_it_is_watched_is_a_departure(connection) -> None:
+    ours, _ = connection
+    ours.close()  # the server closed it under us (fileno() is -1 now)
+    gone: list[str] = []
+    watch = disconnect.Watch(ours, lambda: gone.append("gone"))
+    wait_until(lambda: gone == ["gone"], timeout=1)
+    assert -1 not in disconnect.departures()._watches  # nothing left behind to dispatch
+    watch.close()
