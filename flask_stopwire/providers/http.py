@@ -52,11 +52,28 @@ def open_stream(
     timeouts: tuple[float, float],
     secret: str = "",
 ) -> requests.Response:
-    """POST the call and return the streaming response, or raise a ProviderError."""
+    """POST the call and return the streaming response, or raise a ProviderError.
+
+    A prepared request (requests' own recipe for it) over the session's settings as they
+    are: `Session.post` would merge them into new objects on every call (cookie jars,
+    header dicts, proxies, each checked against typing protocols), about a sixth of the
+    call's CPU, for settings that never change (`new_session`).
+    """
+    headers = requests.structures.CaseInsensitiveDict(session.headers)
+    headers.update(call.headers)
+    request = requests.PreparedRequest()
+    request.prepare(
+        method="POST",
+        url=call.url,
+        headers=headers,
+        json=call.json,
+        params=session.params,
+        auth=session.auth,
+        cookies=session.cookies,
+        hooks=session.hooks,
+    )
     try:
-        response = session.post(
-            call.url, json=call.json, headers=call.headers, timeout=timeouts, stream=True
-        )
+        response = session.send(request, stream=True, timeout=timeouts, proxies=session.proxies)
     except requests.Timeout as exc:
         raise ProviderTimeout(f"provider did not answer within {timeouts[0]:g}s") from exc
     except requests.ConnectionError as exc:

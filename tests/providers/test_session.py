@@ -1,10 +1,18 @@
-"""The provider session reads its environment once: proxies (with NO_PROXY), CA bundle, .netrc."""
+"""The provider session reads its environment once: proxies (with NO_PROXY), CA bundle, .netrc;
+every call goes out with those settings."""
 
+import base64
+import http.server
+import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from flask_stopwire.providers.http import new_session
+from flask_stopwire.providers.base import ProviderCall
+from flask_stopwire.providers.http import new_session, open_stream
 
 URL = "https://api.example.com/v1"
 
@@ -50,3 +58,75 @@ def test_netrc_credentials_for_the_providers_host_are_kept(
     monkeypatch.setenv("NETRC", str(netrc))
     assert new_session(4, URL).auth == ("me", "secret")
     assert new_session(4, "https://other.example.com/v1").auth is None
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A provider (or a proxy before it) that records each request and answers one event."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append({"target": self.path, "headers": dict(self.headers), "body": body})
+        event = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Set-Cookie", "affinity=node-7; Path=/")  # as a load balancer would
+        self.send_header("Content-Length", str(len(event)))
+        self.end_headers()
+        self.wfile.write(event)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[str, list[dict]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Recorder.seen = []
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", _Recorder.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_call_goes_out_with_the_sessions_settings_and_its_own_headers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, recorder: tuple[str, list[dict]]
+) -> None:
+    """Through the environment's proxy, with .netrc's credentials, the session's default
+    headers under the call's own, and a cookie the provider set sent back next time."""
+    proxy, seen = recorder
+    provider = "http://provider.example.com/v1"
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine provider.example.com login me password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    session = new_session(4, provider)
+    call = ProviderCall(
+        f"{provider}/chat/completions",
+        {"model": "m", "stream": True},
+        {"Accept": "text/event-stream", "X-Trace": "t-1"},
+    )
+    for _ in range(2):
+        response = open_stream(session, call, (5, 5))
+        assert (
+            response.raw.read()
+            == b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+        )
+        response.close()
+    first, second = seen
+    assert first["target"] == f"{provider}/chat/completions"  # the proxy's absolute form
+    assert json.loads(first["body"]) == {"model": "m", "stream": True}
+    headers = first["headers"]
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"me:secret").decode()
+    assert headers["Accept"] == "text/event-stream"  # the call's, not the session's */*
+    assert headers["X-Trace"] == "t-1"
+    assert headers["User-Agent"].startswith("python-requests/")
+    assert headers["Content-Type"] == "application/json"
+    assert "Cookie" not in headers
+    assert second["headers"]["Cookie"] == "affinity=node-7"
