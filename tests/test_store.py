@@ -6,6 +6,7 @@ Every test taking `st` (or `db`) runs on both; those taking `db_path` are SQLite
 import contextlib
 import functools
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from flask_stopwire.store import migrations
 from flask_stopwire.store import sql as store
+from flask_stopwire.store import sqlite as sqlite_store
 from flask_stopwire.store.sql import SqlStore
 from flask_stopwire.store.sqlite import BUSY_TIMEOUT_MS, SqliteStore, connect
 from tests.store.databases import Database, db, empty_postgres_url, postgres_url
@@ -1168,3 +1170,41 @@ def test_a_dead_workers_slots_free_themselves_unless_renewed(st, db):
     st.heartbeat([], [], 60, slots=["gen_2"])  # gen_2's worker still beats
     assert st.claim_slot("key:x", "gen_3", 1, 60)  # gen_1 went stale: freed
     assert not st.claim_slot("key:z", "gen_4", 1, 60)
+
+
+def test_the_log_starts_over_while_chats_are_saved_on_the_loop(db_path, monkeypatch):
+    """The event loop's connection never checkpoints: the thread does, every
+    CHECKPOINT_EVERY calls, so the write-ahead log stops growing with every chat while
+    chats go on being saved, and nothing saved is lost."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 20)
+    st = SqliteStore(db_path)
+    st.begin_turn(USER, None, "warm up", live(0))  # the thread migrates; the loop connects
+    for n in range(1, 301):  # ~20 MB of log pages without checkpoints
+        ids = st.begin_turn(USER, None, f"question {n} " + "words " * 50, live(n))
+        finished(st, ids["message_id"], content=f"answer {n} " + "more words " * 100)
+    assert os.path.getsize(db_path + "-wal") < 3 * 1024 * 1024  # its largest so far
+    st.close()  # the last connection: SQLite checkpoints and removes the log
+    db = raw(db_path)
+    answers = db.execute(
+        "SELECT content FROM messages WHERE role = 'assistant' AND status = 'complete'"
+    ).fetchall()
+    assert len(answers) == 300
+    assert {a["content"].split(" more")[0] for a in answers} == {
+        f"answer {n}" for n in range(1, 301)
+    }
+
+
+def test_a_failed_checkpoint_is_logged_and_chats_go_on(db_path, monkeypatch, caplog):
+    def broken(db):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(sqlite_store, "_checkpoint", broken)
+    st = SqliteStore(db_path)
+    st.begin_turn(USER, None, "warm up", live(0))
+    for n in range(1, 6):
+        ids = st.begin_turn(USER, None, f"question {n}", live(n))
+        finished(st, ids["message_id"], content=f"answer {n}")
+    st.close()  # after the checkpoints queued on its thread
+    assert "checkpointing" in caplog.text and "disk I/O error" in caplog.text
+    assert len(st.list_conversations(USER, 10, None)) == 6

@@ -10,13 +10,19 @@ Except the few calls every new chat makes (save the turn, save the end, slots, r
 counts): their SQLite work takes microseconds, less than the hop to the thread and
 back, and on a busy worker that thread fights the event loop for the GIL. They run on
 the loop, on a second connection that never waits for a lock (busy timeout 0) and
-never checkpoints; when another connection holds the write lock they go to the thread,
-whose connection waits as before. The once-a-second heartbeat runs there too: it takes
-milliseconds for hundreds of answers, but on the loop nothing else runs between the
-recorder's snapshot and its write (an answer saved and restarted in between would get the
-old text), and on the thread it measured no better (docs/token-path-profile.md).
+never checkpoints (a checkpoint writes the database file and syncs it: milliseconds
+with every stream of the worker stopped); when another connection holds the write lock
+they go to the thread, whose connection waits as before. The once-a-second heartbeat
+runs on the loop too: it takes milliseconds for hundreds of answers, but on the loop
+nothing else runs between the recorder's snapshot and its write (an answer saved and
+restarted in between would get the old text), and on the thread it measured no better
+(docs/token-path-profile.md).
+
+So the thread checkpoints, every `CHECKPOINT_EVERY` calls on the loop; without it the
+write-ahead log would grow by every chat's pages for as long as the worker runs.
 """
 
+import logging
 import os
 import sqlite3
 import time
@@ -30,7 +36,14 @@ from flask_stopwire.store.sql import Conflict, SqlStore, new_id, now_iso
 
 __all__ = ["BUSY_TIMEOUT_MS", "Conflict", "SqliteStore", "connect", "new_id", "now_iso"]
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_MS = 10_000
+# Calls on the loop between two checkpoints: a chat's turn and end add ~70 KB of pages to
+# the log, so ~3.5 MB (SQLite's own default checkpoints every 4 MB).
+CHECKPOINT_EVERY = 100
+# A log that grew past this (a checkpoint held up by a long reader) is cut back to it.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 # The statements behind these take microseconds: run on the event loop (see above).
 ON_LOOP = frozenset(
@@ -49,6 +62,7 @@ class SqliteStore(SqlStore):
         self._pid: int | None = None
         self._db: sqlite3.Connection | None = None
         self._loop_db: sqlite3.Connection | None = None
+        self._loop_calls = 0  # since the last checkpoint was asked for
 
     def open_connections(self) -> int:
         """The DB thread's connection and the event loop's, once opened."""
@@ -75,18 +89,41 @@ class SqliteStore(SqlStore):
             self._pool = ThreadPool(1)
         if self._db is not None and fn.__name__ in ON_LOOP:  # the thread migrated the schema
             try:
-                return fn(self._loop_connection(), *args)
+                result = fn(self._loop_connection(), *args)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
                 if self._loop_db is not None and self._loop_db.in_transaction:
                     self._loop_db.rollback()
+            else:
+                self._checkpoint_in_a_while()
+                return result
         outcome = self._pool.apply(self._with_db, (fn, *args))
         if isinstance(outcome, _Raised):
             # Raised here, in the caller's greenlet: an expected KeyError or Conflict
             # raised on the DB thread would otherwise print gevent's traceback.
             raise outcome.exception
         return outcome
+
+    def _checkpoint_in_a_while(self) -> None:
+        """Every CHECKPOINT_EVERY calls on the loop, a checkpoint on the thread (not waited for)."""
+        self._loop_calls += 1
+        if self._loop_calls >= CHECKPOINT_EVERY and self._pool is not None:
+            self._loop_calls = 0
+            self._pool.spawn(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """On the thread: copy the log into the database and start the log over.
+
+        RESTART holds the write lock while it copies, so the loop's writes meanwhile find
+        it busy and queue on the thread behind it; once it is done the next write starts
+        at the beginning of the log (SQLite's own autocheckpoint is passive, but runs
+        in the writer's commit: a passive one here, beside writes that go on, would
+        never catch up with them, and the log would never start over).
+        """
+        outcome = self._with_db(_checkpoint)
+        if isinstance(outcome, _Raised):
+            log.warning("checkpointing %s failed: %s", self.path, outcome.exception)
 
     def _loop_connection(self) -> sqlite3.Connection:
         if self._loop_db is None:
@@ -95,7 +132,10 @@ class SqliteStore(SqlStore):
                 db.row_factory = sqlite3.Row
                 db.execute("PRAGMA synchronous = NORMAL")
                 db.execute("PRAGMA foreign_keys = ON")
-                db.execute("PRAGMA wal_autocheckpoint = 0")  # the thread's commits checkpoint
+                db.execute("PRAGMA wal_autocheckpoint = 0")  # the thread checkpoints
+                db.execute(
+                    f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}"
+                )  # as it restarts the log
             except BaseException:
                 db.close()
                 raise
@@ -109,6 +149,10 @@ class SqliteStore(SqlStore):
             return fn(self._db, *args)
         except Exception as exc:
             return _Raised(exc)
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA wal_checkpoint(RESTART)")
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -156,5 +200,6 @@ def _prepare(db: sqlite3.Connection) -> None:
                 raise
             time.sleep(0.01)
     db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
+    db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     db.execute("PRAGMA foreign_keys = ON")
     migrate(db)
