@@ -42,7 +42,7 @@ BUSY_TIMEOUT_MS = 10_000
 # Calls on the loop between two checkpoints: a chat's turn and end add ~70 KB of pages to
 # the log, so ~3.5 MB (SQLite's own default checkpoints every 4 MB).
 CHECKPOINT_EVERY = 100
-# A log that grew past this (a checkpoint held up by a long reader) is cut back to it.
+# A log that grew past this (writes that never pause) is truncated: see `_checkpoint`.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 # The statements behind these take microseconds: run on the event loop (see above).
@@ -113,15 +113,15 @@ class SqliteStore(SqlStore):
             self._pool.spawn(self._checkpoint)
 
     def _checkpoint(self) -> None:
-        """On the thread: copy the log into the database and start the log over.
+        """On the thread: copy the log into the database, beside the loop's writes.
 
-        RESTART holds the write lock while it copies, so the loop's writes meanwhile find
-        it busy and queue on the thread behind it; once it is done the next write starts
-        at the beginning of the log (SQLite's own autocheckpoint is passive, but runs
-        in the writer's commit: a passive one here, beside writes that go on, would
-        never catch up with them, and the log would never start over).
+        Passive, as SQLite's own autocheckpoint: it takes no lock the loop's writes need
+        (one that did would send them to this thread, to queue here for the GIL: a burst
+        of new chats then waited seconds). Once it has copied the whole log, the next
+        write starts the log over. Writes that never pause keep it from getting there:
+        then a log past WAL_SIZE_LIMIT is truncated, which holds writers off meanwhile.
         """
-        outcome = self._with_db(_checkpoint)
+        outcome = self._with_db(_checkpoint, self.path + "-wal")
         if isinstance(outcome, _Raised):
             log.warning("checkpointing %s failed: %s", self.path, outcome.exception)
 
@@ -133,9 +133,6 @@ class SqliteStore(SqlStore):
                 db.execute("PRAGMA synchronous = NORMAL")
                 db.execute("PRAGMA foreign_keys = ON")
                 db.execute("PRAGMA wal_autocheckpoint = 0")  # the thread checkpoints
-                db.execute(
-                    f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}"
-                )  # as it restarts the log
             except BaseException:
                 db.close()
                 raise
@@ -151,8 +148,10 @@ class SqliteStore(SqlStore):
             return _Raised(exc)
 
 
-def _checkpoint(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA wal_checkpoint(RESTART)")
+def _checkpoint(db: sqlite3.Connection, wal_path: str) -> None:
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    if os.path.getsize(wal_path) > WAL_SIZE_LIMIT:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -200,6 +199,5 @@ def _prepare(db: sqlite3.Connection) -> None:
                 raise
             time.sleep(0.01)
     db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
-    db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     db.execute("PRAGMA foreign_keys = ON")
     migrate(db)
