@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 
 from flask_stopwire.store import migrations
@@ -1172,43 +1173,72 @@ def test_a_dead_workers_slots_free_themselves_unless_renewed(st, db):
     assert not st.claim_slot("key:z", "gen_4", 1, 60)
 
 
-def test_the_log_stops_growing_while_chats_are_saved_on_the_loop(db_path, monkeypatch):
+def test_the_log_starts_over_while_chats_are_saved_on_the_loop(db_path, monkeypatch):
     """The event loop's connection never checkpoints: the thread does, every
-    CHECKPOINT_EVERY calls, and truncates a log that writes without a pause let grow
-    past WAL_SIZE_LIMIT. Chats go on being saved meanwhile, and nothing saved is lost."""
+    CHECKPOINT_EVERY calls, so the write-ahead log starts over instead of growing with
+    every chat; the loop's writes wait for it rather than go to the thread, and nothing
+    saved is lost."""
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 20)
+    st = SqliteStore(db_path)
+    fill_the_log(st, 1)  # the thread migrates; the loop connects
+    on_the_thread = []
+    with_db = st._with_db
+    monkeypatch.setattr(st, "_with_db", lambda fn, *a: on_the_thread.append(fn) or with_db(fn, *a))
+    largest = 0
+    for n in range(1, 401):  # ~28 MB of log pages without checkpoints
+        fill_the_log(st, 1, first=n)
+        largest = max(largest, os.path.getsize(db_path + "-wal"))
+        gevent.sleep(0.001)  # a worker does other work between two chats
+    assert largest < 4 * 1024 * 1024
+    assert on_the_thread == []  # no chat's statements went to the thread
+    st.close()  # the last connection: SQLite checkpoints and removes the log
+    answers = raw(db_path).execute("SELECT content FROM messages WHERE role = 'assistant'")
+    assert [a["content"] for a in answers] == [f"answer {n}" for n in range(401)]
+
+
+def fill_the_log(st: SqliteStore, chats: int, first: int = 0) -> None:
+    for n in range(first, first + chats):
+        ids = st.begin_turn(USER, None, f"question {n} " + "words " * 50, live(n))
+        finished(st, ids["message_id"], content=f"answer {n}")
+
+
+def test_readers_that_keep_the_log_from_starting_over_hold_writers_off_briefly(
+    db_path, monkeypatch, caplog
+):
+    """A checkpoint waits for readers, and writers wait for it: for CHECKPOINT_WAIT_MS,
+    not the 10 s busy timeout; then it gives up till next time, and says so once the
+    log is past WAL_SIZE_LIMIT."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 10**9)
     monkeypatch.setattr(sqlite_store, "WAL_SIZE_LIMIT", 1024 * 1024)
     st = SqliteStore(db_path)
-    st.begin_turn(USER, None, "warm up", live(0))  # the thread migrates; the loop connects
-    largest = 0
-    for n in range(1, 301):  # ~20 MB of log pages without checkpoints, and no pause
-        ids = st.begin_turn(USER, None, f"question {n} " + "words " * 50, live(n))
-        finished(st, ids["message_id"], content=f"answer {n} " + "more words " * 100)
-        largest = max(largest, os.path.getsize(db_path + "-wal"))
-    assert largest < 4 * 1024 * 1024
-    assert os.path.getsize(db_path) > 256 * 1024  # the pages went into the database
-    st.close()  # the last connection: SQLite checkpoints and removes the log
-    db = raw(db_path)
-    answers = db.execute(
-        "SELECT content FROM messages WHERE role = 'assistant' AND status = 'complete'"
-    ).fetchall()
-    assert len(answers) == 300
-    assert {a["content"].split(" more")[0] for a in answers} == {
-        f"answer {n}" for n in range(1, 301)
-    }
+    fill_the_log(st, 20)
+    reader = raw(db_path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM messages").fetchone()  # a snapshot held open
+    fill_the_log(st, 40, first=20)  # frames the reader's snapshot does not have
+    began = time.monotonic()
+    st._checkpoint(gevent.event.Event())
+    assert time.monotonic() - began < 2
+    assert "readers keep it from starting over" in caplog.text
+    reader.rollback()
+    caplog.clear()
+    st._checkpoint(gevent.event.Event())
+    assert caplog.text == ""
+    fill_the_log(st, 1, first=60)  # the log starts over
+    assert raw(db_path).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1] < 20
+    st.close()
 
 
 def test_a_failed_checkpoint_is_logged_and_chats_go_on(db_path, monkeypatch, caplog):
-    def broken(db, wal_path):
+    def broken(db):
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 4)
     monkeypatch.setattr(sqlite_store, "_checkpoint", broken)
     st = SqliteStore(db_path)
-    st.begin_turn(USER, None, "warm up", live(0))
-    for n in range(1, 6):
-        ids = st.begin_turn(USER, None, f"question {n}", live(n))
-        finished(st, ids["message_id"], content=f"answer {n}")
+    for n in range(6):
+        fill_the_log(st, 1, first=n)
+        gevent.sleep(0)  # the checkpoint's greenlet runs
     st.close()  # after the checkpoints queued on its thread
     assert "checkpointing" in caplog.text and "disk I/O error" in caplog.text
-    assert len(st.list_conversations(USER, 10, None)) == 6
+    assert len(raw(db_path).execute("SELECT id FROM conversations").fetchall()) == 6

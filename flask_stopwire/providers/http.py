@@ -61,6 +61,8 @@ def open_stream(
     """
     headers = requests.structures.CaseInsensitiveDict(session.headers)
     headers.update(call.headers)
+    for name in [name for name, value in headers.items() if value is None]:
+        del headers[name]  # a header set to None is not sent, as in `Session.post`
     request = requests.PreparedRequest()
     request.prepare(
         method="POST",

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gevent
+import gevent.event
 from gevent.threadpool import ThreadPool
 
 from flask_stopwire.store.migrations import migrate
@@ -42,7 +44,9 @@ BUSY_TIMEOUT_MS = 10_000
 # Calls on the loop between two checkpoints: a chat's turn and end add ~70 KB of pages to
 # the log, so ~3.5 MB (SQLite's own default checkpoints every 4 MB).
 CHECKPOINT_EVERY = 100
-# A log that grew past this (writes that never pause) is truncated: see `_checkpoint`.
+# A checkpoint holds writers off while it waits for readers to move on: this long at most
+# (then it tries again next time), and says so once readers have kept the log past this.
+CHECKPOINT_WAIT_MS = 50
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 # The statements behind these take microseconds: run on the event loop (see above).
@@ -63,6 +67,7 @@ class SqliteStore(SqlStore):
         self._db: sqlite3.Connection | None = None
         self._loop_db: sqlite3.Connection | None = None
         self._loop_calls = 0  # since the last checkpoint was asked for
+        self._checkpoint_done: gevent.event.Event | None = None  # while one is under way
 
     def open_connections(self) -> int:
         """The DB thread's connection and the event loop's, once opened."""
@@ -78,8 +83,8 @@ class SqliteStore(SqlStore):
             self._loop_db.close()
             self._loop_db = None
         if self._db is not None:
-            self._pool.apply(self._db.close)
-            self._db = None
+            db, self._db = self._db, None  # a checkpoint queued meanwhile finds it gone
+            self._pool.apply(db.close)
         self._pool.kill()
         self._pool, self._pid = None, None
 
@@ -87,7 +92,7 @@ class SqliteStore(SqlStore):
         if self._pid != os.getpid():  # first use, or first use after a fork
             self._pid, self._db, self._loop_db = os.getpid(), None, None
             self._pool = ThreadPool(1)
-        if self._db is not None and fn.__name__ in ON_LOOP:  # the thread migrated the schema
+        while self._db is not None and fn.__name__ in ON_LOOP:  # the thread migrated the schema
             try:
                 result = fn(self._loop_connection(), *args)
             except sqlite3.OperationalError as exc:
@@ -95,6 +100,9 @@ class SqliteStore(SqlStore):
                     raise
                 if self._loop_db is not None and self._loop_db.in_transaction:
                     self._loop_db.rollback()
+                if self._checkpoint_done is None:
+                    break  # another connection's lock: the thread's connection waits for it
+                self._checkpoint_done.wait()  # our own checkpoint's: milliseconds
             else:
                 self._checkpoint_in_a_while()
                 return result
@@ -106,24 +114,40 @@ class SqliteStore(SqlStore):
         return outcome
 
     def _checkpoint_in_a_while(self) -> None:
-        """Every CHECKPOINT_EVERY calls on the loop, a checkpoint on the thread (not waited for)."""
+        """Every CHECKPOINT_EVERY calls on the loop, a checkpoint on the thread, in a
+        greenlet of its own: nobody waits for it, nor for the thread to be free."""
         self._loop_calls += 1
-        if self._loop_calls >= CHECKPOINT_EVERY and self._pool is not None:
+        if self._loop_calls >= CHECKPOINT_EVERY and self._checkpoint_done is None:
             self._loop_calls = 0
-            self._pool.spawn(self._checkpoint)
+            self._checkpoint_done = gevent.event.Event()
+            gevent.spawn(self._checkpoint, self._checkpoint_done)
 
-    def _checkpoint(self) -> None:
-        """On the thread: copy the log into the database, beside the loop's writes.
+    def _checkpoint(self, done: gevent.event.Event) -> None:
+        """Copy the log into the database on the thread and start the log over.
 
-        Passive, as SQLite's own autocheckpoint: it takes no lock the loop's writes need
-        (one that did would send them to this thread, to queue here for the GIL: a burst
-        of new chats then waited seconds). Once it has copied the whole log, the next
-        write starts the log over. Writes that never pause keep it from getting there:
-        then a log past WAL_SIZE_LIMIT is truncated, which holds writers off meanwhile.
+        Passively first, beside the loop's writes; then, for what they added meanwhile,
+        `RESTART`, which holds writers off while it copies and syncs (milliseconds) and
+        leaves the log to start over: a passive checkpoint alone never catches up with
+        writes that go on. The loop's writes that find it busy wait for it here (`_run`)
+        instead of going to the thread, where they would queue for the GIL.
         """
-        outcome = self._with_db(_checkpoint, self.path + "-wal")
-        if isinstance(outcome, _Raised):
-            log.warning("checkpointing %s failed: %s", self.path, outcome.exception)
+        try:
+            if self._pool is not None:
+                outcome = self._pool.apply(self._checkpoint_on_thread)
+                if outcome is not None:
+                    log.warning("checkpointing %s: %s", self.path, outcome)
+        finally:
+            self._checkpoint_done = None
+            done.set()
+
+    def _checkpoint_on_thread(self) -> str | None:
+        """What went wrong, if anything. A connection closed meanwhile is not reopened."""
+        if self._db is None:
+            return None
+        try:
+            return _checkpoint(self._db)
+        except sqlite3.Error as exc:
+            return f"failed: {exc}"
 
     def _loop_connection(self) -> sqlite3.Connection:
         if self._loop_db is None:
@@ -148,10 +172,18 @@ class SqliteStore(SqlStore):
             return _Raised(exc)
 
 
-def _checkpoint(db: sqlite3.Connection, wal_path: str) -> None:
-    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    if os.path.getsize(wal_path) > WAL_SIZE_LIMIT:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+def _checkpoint(db: sqlite3.Connection) -> str | None:
+    """A passive checkpoint, then a restarting one; what went wrong, if anything."""
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    db.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")  # how long writers wait
+    try:
+        busy, frames, _ = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    if busy and frames * page_size > WAL_SIZE_LIMIT:
+        return f"the log is past {WAL_SIZE_LIMIT} bytes and readers keep it from starting over"
+    return None
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

@@ -107,6 +107,7 @@ def test_a_call_goes_out_with_the_sessions_settings_and_its_own_headers(
     monkeypatch.setenv("NETRC", str(netrc))
     monkeypatch.setenv("HTTP_PROXY", proxy)
     session = new_session(4, provider)
+    session.headers["X-Unset"] = None  # not sent, as with `Session.post`
     call = ProviderCall(
         f"{provider}/chat/completions",
         {"model": "m", "stream": True},
@@ -129,4 +130,5 @@ def test_a_call_goes_out_with_the_sessions_settings_and_its_own_headers(
     assert headers["User-Agent"].startswith("python-requests/")
     assert headers["Content-Type"] == "application/json"
     assert "Cookie" not in headers
+    assert "X-Unset" not in headers
     assert second["headers"]["Cookie"] == "affinity=node-7"
