@@ -59,10 +59,12 @@ def open_stream(
     header dicts, proxies, each checked against typing protocols), about a sixth of the
     call's CPU, for settings that never change (`new_session`).
     """
+    # `requests.sessions.merge_setting`'s result, without its protocol checks: the call's
+    # headers over the session's, and none set to None.
     headers = requests.structures.CaseInsensitiveDict(session.headers)
     headers.update(call.headers)
     for name in [name for name, value in headers.items() if value is None]:
-        del headers[name]  # a header set to None is not sent, as in `Session.post`
+        del headers[name]
     request = requests.PreparedRequest()
     request.prepare(
         method="POST",

@@ -180,8 +180,7 @@ def _checkpoint(db: sqlite3.Connection) -> str | None:
         busy, frames, _ = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
     finally:
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    page_size = db.execute("PRAGMA page_size").fetchone()[0]
-    if busy and frames * page_size > WAL_SIZE_LIMIT:
+    if busy and frames * db.execute("PRAGMA page_size").fetchone()[0] > WAL_SIZE_LIMIT:
         return f"the log is past {WAL_SIZE_LIMIT} bytes and readers keep it from starting over"
     return None
 
