@@ -16,7 +16,7 @@ factor of two, so compare the medians of many rounds, never one.
   its client close, minus the client's close), provider tokens sent after the clients
   left, and the time to the last close; no proxy alongside, the floor of this machine.
 - `burst`: chats started at once through `/api/chat` (store on), as section g, with the
-  plain relay alongside. Per round: time to first token p99, delay per token p99, the
+  plain relay alongside. Per round: time to first token p99, delay per token p50 and p99, the
   worker's CPU per token.
 - `relay`: streams connecting 5 ms apart through `/api/chat` with the store off, as section
   d: 100 tokens 20 ms apart, or, with `--streams` over 200, 30 tokens 200 ms apart; with
@@ -188,6 +188,7 @@ def relay_round(
     stats = relay_cost.measure(target, demo, streams, tokens, gap_s, stagger_s).stats()
     return {
         "TTFT p99 ms": stats["ttft_p99_ms"],
+        "delay p50 ms": stats["token_p50_ms"],
         "delay p99 ms": stats["token_p99_ms"],
         "CPU µs/token": stats["cpu_us_per_token"],
         "text differs": stats["mismatched"],

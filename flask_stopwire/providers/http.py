@@ -1,5 +1,6 @@
 """The one I/O seam to providers: a pooled session, opening a stream, error mapping."""
 
+import functools
 import http.client
 import json
 import os
@@ -113,6 +114,8 @@ class SocketBody:
     `Timeout` for every token). The idle limit is then the reader's to keep:
     `last_data_at` says when bytes last came. TLS works the same way: its socket only
     hands out whole records, and `pending()` says if a record was read only in part.
+
+    What it read, it acknowledges at once (`_quick_acks`), from the headers on.
     """
 
     def __init__(self, response: requests.Response, source: http.client.HTTPResponse):
@@ -126,6 +129,8 @@ class SocketBody:
         self._ready = True
         self._timeout = self.sock.gettimeout()
         self.sock.settimeout(0.0)
+        self._ack_now = _quick_acks(self.sock)
+        self._ack_now()  # the headers'
         self._release_conn = response.raw.release_conn
         self.pieces: Iterator[bytes | None] = _dechunked(source, self._read, self._release)
 
@@ -148,6 +153,7 @@ class SocketBody:
                     return self._got(data)
                 self._buffered = False
             data = self.sock.recv(size)
+            self._ack_now()
         except (BlockingIOError, ssl.SSLWantReadError):
             self._buffered = False  # raised only once the buffer is empty
             self._ready = False
@@ -182,6 +188,27 @@ def _nothing_pending() -> int:
     return 0
 
 
+def _quick_acks(sock: socket.socket) -> Callable[[], None]:
+    """A call that has our end of a TCP `sock` acknowledge what it has read, now.
+
+    A provider that leaves Nagle's algorithm on (no TCP_NODELAY: Python's and gevent's
+    own servers, llama.cpp's) holds each small write until the one before is
+    acknowledged. Linux delays our ACKs by 40 ms or more once a connection looks
+    interactive, as a pooled one does after a request sent right after a response:
+    each answer's first tokens then waited for the ACK of its headers, and on a busy
+    worker every token for the one before (docs/token-path-profile.md). TCP_QUICKACK
+    sends the ACK due and leaves that mode; the kernel may enter it again, so once per
+    read. Elsewhere than Linux, or on any other socket, the kernel's own timing.
+    """
+    if _QUICKACK is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return _kernel_timing
+    return functools.partial(sock.setsockopt, socket.IPPROTO_TCP, _QUICKACK, 1)
+
+
+def _kernel_timing() -> None:
+    pass
+
+
 def _mapped(pieces: Iterator[Any]) -> Iterator[Any]:
     """The pieces, with transport failures mapped to ProviderErrors."""
     try:
@@ -196,6 +223,7 @@ def _mapped(pieces: Iterator[Any]) -> Iterator[Any]:
         raise ProviderDisconnected("provider connection dropped mid-stream") from exc
 
 
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _MAX_LINE = 4096  # a chunk-size line or trailer longer than this is not HTTP
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _READ_SIZE = 65536
