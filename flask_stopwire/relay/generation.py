@@ -61,7 +61,7 @@ from flask_stopwire.providers.base import (
 )
 from flask_stopwire.providers.http import SocketBody, iter_body, open_stream, socket_body
 from flask_stopwire.relay import disconnect
-from flask_stopwire.relay.turns import ENDS, Kind, in_turn, wait_turn
+from flask_stopwire.relay.turns import ENDS, in_turn, wait_turn
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Viewer:
         self.heartbeat_due = False
         self.timer: Any = None  # a hub timer while it relays
 
-    def wake(self, lane: Kind | None = None) -> None:
+    def wake(self, lane: float | None = None) -> None:
         """Wake its handler if it sleeps (from any greenlet: the switch runs in the hub):
         at once or, given a lane, in its turn there (relay/turns.py)."""
         waiter = self.waiter

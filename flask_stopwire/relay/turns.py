@@ -20,43 +20,29 @@ in its poll while any wait.
 
 The budget of `STARTS` is gevent's own switch interval, the time it lets callbacks run
 before it checks the clock; a smaller one kept tokens waiting less but started new chats
-later (docs/token-path-profile.md). A start that has waited 50 ms goes in the next turn,
-budget or not: on a worker the running answers' tokens saturate, 5 ms a turn started the
-last chats of a burst seconds late, where the plain relay, which starts each at once, let
-the tokens wait instead. `ENDS` gets a fifth of the budget and no such limit: nobody waits
-for that bookkeeping, and a stop not yet seen waits behind it.
+later (docs/token-path-profile.md). `ENDS` gets a fifth of it: nobody waits for that
+bookkeeping, and a stop not yet seen waits behind it.
 """
 
-import math
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass
 
 from gevent.hub import Hub, Waiter, get_hub
 
 from flask_stopwire.relay.disconnect import notice_departures
 
-
-@dataclass(frozen=True)
-class Kind:
-    """A kind of work that can wait, and how long it may go on in a turn."""
-
-    budget_s: float  # seconds of each loop turn (one piece of work at least)
-    overdue_s: float = math.inf  # work that has waited this long goes, budget or not
-
-
-STARTS = Kind(budget_s=0.005, overdue_s=0.05)
-ENDS = Kind(budget_s=0.001)
+STARTS = 0.005  # a lane is named by its budget: seconds of each loop turn
+ENDS = 0.001
 _LAST = -2  # libev's lowest priority: after every socket and timer of the turn
 
 
 class Lane:
     """One event loop's queue of one kind of work."""
 
-    def __init__(self, hub: Hub, kind: Kind):  # holds no reference to `hub`
-        self._kind = kind
-        self._waiting: deque[tuple[float, Waiter]] = deque()  # (since, waiter)
+    def __init__(self, hub: Hub, budget_s: float):  # holds no reference to `hub`
+        self._budget_s = budget_s
+        self._waiting: deque[Waiter] = deque()
         self._check = hub.loop.check(priority=_LAST)
         self._awake = hub.loop.idle(priority=_LAST)
 
@@ -67,55 +53,47 @@ class Lane:
 
     def add(self, waiter: Waiter) -> None:
         """Switch to `waiter` in its turn (a sleeping greenlet's, or our own)."""
-        self._waiting.append((time.perf_counter(), waiter))
+        self._waiting.append(waiter)
         if not self._check.active:
             self._check.start(self._let_go)
             self._awake.start(_nothing)
 
     def _let_go(self) -> None:
-        """One waiting piece of work at least, then more until this turn spent the budget,
-        and then the work that was overdue when the turn began."""
-        now = time.perf_counter()
-        until = now + self._kind.budget_s
-        overdue_since = now - self._kind.overdue_s
+        """One waiting piece of work at least, then more until this turn spent the budget."""
+        until = time.perf_counter() + self._budget_s
         while self._waiting:
-            _, waiter = self._waiting.popleft()
-            waiter.switch(None)  # back here once that work waits on I/O
+            self._waiting.popleft().switch(None)  # back here once that work waits on I/O
             notice_departures()  # a client that left meanwhile is not kept waiting
-            if time.perf_counter() > until and not self._next_since(overdue_since):
+            if time.perf_counter() > until:
                 break
         if not self._waiting:
             self._check.stop()
             self._awake.stop()
-
-    def _next_since(self, moment: float) -> bool:
-        """Whether the next waiting work has waited since `moment` or longer."""
-        return bool(self._waiting) and self._waiting[0][0] <= moment
 
 
 def _nothing() -> None:
     pass
 
 
-_lanes: "weakref.WeakKeyDictionary[Hub, dict[Kind, Lane]]" = weakref.WeakKeyDictionary()
+_lanes: "weakref.WeakKeyDictionary[Hub, dict[float, Lane]]" = weakref.WeakKeyDictionary()
 
 
-def _lane(kind: Kind) -> Lane:
+def _lane(budget_s: float) -> Lane:
     hub = get_hub()
     lanes = _lanes.get(hub)
     if lanes is None:
         lanes = _lanes[hub] = {}
-    lane = lanes.get(kind)
+    lane = lanes.get(budget_s)
     if lane is None:
-        lane = lanes[kind] = Lane(hub, kind)
+        lane = lanes[budget_s] = Lane(hub, budget_s)
     return lane
 
 
-def wait_turn(lane: Kind = STARTS) -> None:
+def wait_turn(lane: float = STARTS) -> None:
     """Wait for this work's turn in `lane` (see the module); from any greenlet but the hub."""
     _lane(lane).wait()
 
 
-def in_turn(lane: Kind, waiter: Waiter) -> None:
+def in_turn(lane: float, waiter: Waiter) -> None:
     """Wake the greenlet sleeping on `waiter` in its turn in `lane` (from any greenlet)."""
     _lane(lane).add(waiter)
