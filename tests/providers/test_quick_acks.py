@@ -109,8 +109,8 @@ def test_a_reused_connections_first_tokens_are_not_held_behind_a_delayed_ack(
         assert len(delays) == provider.tokens
         firsts.append(sorted(delays[:5])[2])
     # Held behind our delayed ACK of the headers, the first tokens of a reused connection
-    # came 15-35 ms after they were written; read at once, well under a millisecond.
-    assert max(firsts) < 8.0, firsts
+    # came 25-28 ms after they were written (here: 5 ms apart); read at once, under 1 ms.
+    assert max(firsts) < 12.0, firsts
 
 
 def test_every_read_leaves_our_end_acking_at_once(provider: NagleProvider) -> None:
