@@ -20,7 +20,7 @@ factor of two, so compare the medians of many rounds, never one.
   worker's CPU per token.
 - `relay`: streams connecting 5 ms apart through `/api/chat` with the store off, as section
   d: 100 tokens 20 ms apart, or, with `--streams` over 200, 30 tokens 200 ms apart; with
-  the plain relay alongside.
+  the plain relay alongside. Per round: the same measures as `burst`.
 - `silent`: one stream at a time (`--streams` of them a round, 20 by default), the client
   closing (FIN) while the provider is silent, as the suite's single-stream goal row. Per
   round: stop p50, p99 and the largest.

@@ -14,7 +14,7 @@ from bench import client, relay_cost, servers
 BUDGET_MS = 20.0
 GAP_S = 0.02
 TOKENS = 50
-STEPS = (25, 50, 75, 100, 150, 200, 300)  # 75: a slow day's answer falls between 50 and 100
+STEPS = (25, 50, 75, 100, 150, 200, 300)  # 75: a slow day's capacity falls between 50 and 100
 STAGGER_S = 0.005  # between connects, as in the suite's relay-cost loads
 
 

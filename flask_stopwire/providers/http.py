@@ -1,6 +1,6 @@
 """The one I/O seam to providers: a pooled session, opening a stream, error mapping."""
 
-import functools
+import contextlib
 import http.client
 import json
 import os
@@ -115,7 +115,7 @@ class SocketBody:
     `last_data_at` says when bytes last came. TLS works the same way: its socket only
     hands out whole records, and `pending()` says if a record was read only in part.
 
-    What it read, it acknowledges at once (`_quick_acks`), from the headers on.
+    It acknowledges the headers at once (`_acknowledge_now`).
     """
 
     def __init__(self, response: requests.Response, source: http.client.HTTPResponse):
@@ -129,8 +129,7 @@ class SocketBody:
         self._ready = True
         self._timeout = self.sock.gettimeout()
         self.sock.settimeout(0.0)
-        self._ack_now = _quick_acks(self.sock)
-        self._ack_now()  # the headers'
+        _acknowledge_now(self.sock)  # the headers, and any body bytes read with them
         self._release_conn = response.raw.release_conn
         self.pieces: Iterator[bytes | None] = _dechunked(source, self._read, self._release)
 
@@ -153,7 +152,6 @@ class SocketBody:
                     return self._got(data)
                 self._buffered = False
             data = self.sock.recv(size)
-            self._ack_now()
         except (BlockingIOError, ssl.SSLWantReadError):
             self._buffered = False  # raised only once the buffer is empty
             self._ready = False
@@ -188,25 +186,22 @@ def _nothing_pending() -> int:
     return 0
 
 
-def _quick_acks(sock: socket.socket) -> Callable[[], None]:
-    """A call that has our end of a TCP `sock` acknowledge what it has read, now.
+def _acknowledge_now(sock: socket.socket) -> None:
+    """Have our end of a TCP `sock` acknowledge what it received, now (Linux).
 
     A provider that leaves Nagle's algorithm on (no TCP_NODELAY: Python's and gevent's
     own servers, llama.cpp's) holds each small write until the one before is
-    acknowledged. Linux delays our ACKs by 40 ms or more once a connection looks
-    interactive, as a pooled one does after a request sent right after a response:
-    each answer's first tokens then waited for the ACK of its headers, and on a busy
-    worker every token for the one before (docs/token-path-profile.md). TCP_QUICKACK
-    sends the ACK due and leaves that mode; the kernel may enter it again, so once per
-    read. Elsewhere than Linux, or on any other socket, the kernel's own timing.
+    acknowledged. When a pooled connection carries a request within the delayed-ACK
+    timeout (40 ms at least) of its previous answer, Linux takes the exchange for an
+    interactive one and delays our ACKs, so the answer's first tokens waited for the ACK
+    of its headers: 15-38 ms on loopback (docs/token-path-profile.md). TCP_QUICKACK sends
+    that ACK and ends the mode; from then on each read that empties the socket
+    acknowledges by itself.
     """
     if _QUICKACK is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return _kernel_timing
-    return functools.partial(sock.setsockopt, socket.IPPROTO_TCP, _QUICKACK, 1)
-
-
-def _kernel_timing() -> None:
-    pass
+        return
+    with contextlib.suppress(OSError):  # a TCP without the option: the kernel's own timing
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
 
 def _mapped(pieces: Iterator[Any]) -> Iterator[Any]:
