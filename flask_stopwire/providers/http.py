@@ -187,7 +187,7 @@ def _nothing_pending() -> int:
 
 
 def _acknowledge_now(sock: socket.socket) -> None:
-    """Have our end of a TCP `sock` acknowledge what it received, now (Linux).
+    """Have our end of `sock`, if TCP, acknowledge what it received, now (Linux).
 
     A provider that leaves Nagle's algorithm on (no TCP_NODELAY: Python's and gevent's
     own servers, llama.cpp's) holds each small write until the one before is
@@ -198,9 +198,9 @@ def _acknowledge_now(sock: socket.socket) -> None:
     that ACK and ends the mode; from then on each read that empties the socket
     acknowledges by itself.
     """
-    if _QUICKACK is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    if _QUICKACK is None:
         return
-    with contextlib.suppress(OSError):  # a TCP without the option: the kernel's own timing
+    with contextlib.suppress(OSError):  # not TCP, or a TCP without the option: as it was
         sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
 
