@@ -191,6 +191,7 @@ def relay_round(
         "delay p50 ms": stats["token_p50_ms"],
         "delay p99 ms": stats["token_p99_ms"],
         "CPU µs/token": stats["cpu_us_per_token"],
+        "of it user µs/token": stats["user_cpu_us_per_token"],
         "text differs": stats["mismatched"],
     }
 

@@ -63,8 +63,13 @@ def only_child(pid: int, timeout: float = 10.0) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
+    return sum(cpu_times(pid))
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far: where it runs Python, where the kernel."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime (fields 14, 15)
+    return int(fields[11]) * TICK_S, int(fields[12]) * TICK_S  # utime, stime (fields 14, 15)
 
 
 def rss_bytes(pid: int) -> int:
@@ -89,6 +94,7 @@ class Load:
     cpu_s: float | None
     incomplete: int
     mismatched: int = 0  # streams whose text differs from the provider's, character for character
+    user_cpu_s: float | None = None  # the part of cpu_s in user mode
 
     def stats(self) -> dict:
         """Percentiles (nearest rank), token rate and CPU per token."""
@@ -103,9 +109,8 @@ class Load:
             "ttft_p99_ms": percentile(ttft, 99),
             "tokens": self.tokens,
             "tokens_per_s": self.tokens / self.seconds if self.seconds else None,
-            "cpu_us_per_token": (
-                self.cpu_s / self.tokens * 1e6 if self.cpu_s is not None and self.tokens else None
-            ),
+            "cpu_us_per_token": per_token_us(self.cpu_s, self.tokens),
+            "user_cpu_us_per_token": per_token_us(self.user_cpu_s, self.tokens),
             "incomplete": self.incomplete,
             "mismatched": self.mismatched,
         }
@@ -119,10 +124,10 @@ def measure(
     prompts = {f"bench-{uuid.uuid4().hex[:16]}": None for _ in range(streams)}
     bodies = {m: target.body(f"{m} {directive}") for m in prompts}
     demo.clear()
-    cpu_before = cpu_seconds(target.pid) if target.pid else None
+    cpu_before = cpu_times(target.pid) if target.pid else None
     timeout = 60 + tokens * gap_s * 3 + streams * stagger_s
     received = loadgen.run(target.url, target.path, bodies, timeout, stagger_s)
-    cpu = cpu_seconds(target.pid) - cpu_before if target.pid else None
+    cpu_after = cpu_times(target.pid) if target.pid else None
     records = {r["prompt"].split()[0]: r for r in demo.records()}
     latencies, ttft, count = [], [], 0
     for got in received:
@@ -136,9 +141,27 @@ def measure(
     incomplete = sum(not g.complete or len(g.token_at) != tokens for g in received)
     mismatched = sum("".join(g.texts) != provider_text(bodies[g.marker]) for g in received)
     seconds = last - first
+    cpu = user_cpu = None
+    if cpu_before is not None and cpu_after is not None:
+        cpu = sum(cpu_after) - sum(cpu_before)
+        user_cpu = cpu_after[0] - cpu_before[0]
     return Load(
-        target.name, streams, gap_s, latencies, ttft, count, seconds, cpu, incomplete, mismatched
+        target.name,
+        streams,
+        gap_s,
+        latencies,
+        ttft,
+        count,
+        seconds,
+        cpu,
+        incomplete,
+        mismatched,
+        user_cpu,
     )
+
+
+def per_token_us(cpu_s: float | None, tokens: int) -> float | None:
+    return cpu_s / tokens * 1e6 if cpu_s is not None and tokens else None
 
 
 def provider_text(body: dict) -> str:

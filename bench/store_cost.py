@@ -59,6 +59,7 @@ def merge(a: relay_cost.Load, b: relay_cost.Load) -> relay_cost.Load:
         (a.cpu_s or 0) + (b.cpu_s or 0),
         a.incomplete + b.incomplete,
         a.mismatched + b.mismatched,
+        (a.user_cpu_s or 0) + (b.user_cpu_s or 0),
     )
 
 
