@@ -61,11 +61,6 @@ def only_child(pid: int, timeout: float = 10.0) -> int:
         time.sleep(0.05)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    return sum(cpu_times(pid))
-
-
 def cpu_times(pid: int) -> tuple[float, float]:
     """User and system CPU time of a process so far: where it runs Python, where the kernel."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
