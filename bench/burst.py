@@ -1,6 +1,6 @@
 """A burst of new chats (issue #14): many chats started at the same moment, on one worker.
 
-    .venv/bin/python -m bench.burst [--quick] [--rounds N] [--flame docs/flame-burst]
+    .venv/bin/python -m bench.burst [--quick] [--rounds N] [--bins] [--flame docs/flame-burst]
 
 Every stream is a new chat: 100 tokens 20 ms apart from the demo provider, all
 requests sent in one go (no stagger). Side by side, alternating rounds: no proxy, the
@@ -8,6 +8,10 @@ plain relay (no store), Stopwire's `/v1` (no store) and Stopwire's `/api/chat` w
 the store on (a new conversation saved per chat, partial text flushed every second).
 Every stream's text is checked against the provider's, character for character
 (coalesced frames are fine, lost or reordered text is not).
+
+`--bins` also prints, for each round, the delay per token by when the provider wrote it
+(200 ms bins from the first request): whether tokens waited while the chats started, all
+through the burst (a standing queue), or as the answers ended.
 
 `--flame PREFIX` then runs one more round of each relay under py-spy (not counted in
 the table) and writes `PREFIX-<relay>.svg`, a flame graph of the worker's busy samples.
@@ -23,13 +27,14 @@ import time
 from pathlib import Path
 
 from bench import client, relay_cost, servers
-from bench.stop_latency import load_line, machine, machine_line, ms
+from bench.stop_latency import load_line, machine, machine_line, ms, percentile
 from bench.store_cost import pooled
 
 STREAMS = 200
 TOKENS = 100
 GAP_S = 0.02
 PROFILE_RATE = 250  # py-spy samples per second
+BIN_S = 0.2
 
 
 def targets(
@@ -108,6 +113,19 @@ def table(stats: dict[str, dict], streams: int) -> str:
     return "\n".join(lines)
 
 
+def delay_bins(load: relay_cost.Load, width_s: float = BIN_S) -> str:
+    """`0.2 s 12/30 · ...`: p50/p99 of the delays of the tokens written in each bin."""
+    bins: dict[int, list[float]] = {}
+    for written, delay in zip(load.written_s, load.latencies_ms, strict=True):
+        bins.setdefault(int(written / width_s), []).append(delay)
+    cells = []
+    for index, delays in sorted(bins.items()):
+        delays.sort()
+        p50, p99 = percentile(delays, 50), percentile(delays, 99)
+        cells.append(f"{index * width_s:.1f} s {p50:.0f}/{p99:.0f}")
+    return " · ".join(cells)
+
+
 def flames(
     demo: servers.Demo, chosen: list[relay_cost.Target], streams: int, prefix: Path
 ) -> list[Path]:
@@ -142,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--streams", type=int, help=f"chats per burst ({STREAMS})")
     parser.add_argument("--rounds", type=int, help="alternating rounds per target (3)")
+    parser.add_argument("--bins", action="store_true", help="also each round's delay over time")
     parser.add_argument("--flame", type=Path, help="also write py-spy flame graphs PREFIX-*.svg")
     args = parser.parse_args(argv)
     streams = args.streams or (20 if args.quick else STREAMS)
@@ -156,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         baseline = servers.baseline(demo.url, worker_connections=2000)
         started.append(baseline)
         chosen = targets(demo, stopwire, baseline)
-        stats = summary(measure(demo, chosen, streams, rounds))
+        runs = measure(demo, chosen, streams, rounds)
+        stats = summary(runs)
         graphs = flames(demo, chosen, streams, args.flame) if args.flame else []
     finally:
         for process in reversed(started):
@@ -166,6 +186,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Machine: {machine_line(machine())}")
     print(f"Load average: {load_line(load_before)} at start, {load_line(os.getloadavg())} at end\n")
     print(table(stats, streams))
+    if args.bins:
+        print(f"\nDelay per token p50/p99 ms by when the provider wrote it, {BIN_S:g} s bins:\n")
+        for name, loads in runs.items():
+            for number, load in enumerate(loads, 1):
+                print(f"- {name}, round {number}: {delay_bins(load)}")
     for path in graphs:
         print(f"flame graph: {path}")
     print(f"\nRun took {time.monotonic() - began:.0f} s.")

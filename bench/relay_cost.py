@@ -10,7 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import loadgen, servers
@@ -90,6 +90,9 @@ class Load:
     incomplete: int
     mismatched: int = 0  # streams whose text differs from the provider's, character for character
     user_cpu_s: float | None = None  # the part of cpu_s in user mode
+    # When the provider wrote each token, in seconds after the first request, in the order
+    # of latencies_ms: where in a run its tokens waited.
+    written_s: list[float] = field(default_factory=list)
 
     def stats(self) -> dict:
         """Percentiles (nearest rank), token rate and CPU per token."""
@@ -124,14 +127,15 @@ def measure(
     received = loadgen.run(target.url, target.path, bodies, timeout, stagger_s)
     cpu_after = cpu_times(target.pid) if target.pid else None
     records = {r["prompt"].split()[0]: r for r in demo.records()}
-    latencies, ttft, count = [], [], 0
+    first = min(g.sent_at for g in received)
+    latencies, written, ttft, count = [], [], [], 0
     for got in received:
-        sent = records[got.marker]["token_times"]
-        latencies += [(a - s) * 1000 for a, s in zip(got.token_at, sent, strict=False)]
+        pairs = list(zip(got.token_at, records[got.marker]["token_times"], strict=False))
+        latencies += [(received_at - sent_at) * 1000 for received_at, sent_at in pairs]
+        written += [sent_at - first for _, sent_at in pairs]
         if got.token_at:
             ttft.append((got.token_at[0] - got.sent_at) * 1000)
         count += len(got.token_at)
-    first = min(g.sent_at for g in received)
     last = max((g.token_at[-1] for g in received if g.token_at), default=first)
     incomplete = sum(not g.complete or len(g.token_at) != tokens for g in received)
     mismatched = sum("".join(g.texts) != provider_text(bodies[g.marker]) for g in received)
@@ -152,6 +156,7 @@ def measure(
         incomplete,
         mismatched,
         user_cpu,
+        written,
     )
 
 

@@ -60,6 +60,7 @@ def merge(a: relay_cost.Load, b: relay_cost.Load) -> relay_cost.Load:
         a.incomplete + b.incomplete,
         a.mismatched + b.mismatched,
         (a.user_cpu_s or 0) + (b.user_cpu_s or 0),
+        a.written_s + b.written_s,
     )
 
 

@@ -6,13 +6,14 @@ that every scenario produced sane numbers, not that a CI machine is fast.
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bench import suite, transports
+from bench import burst, relay_cost, suite, transports
 from bench.client import CLOSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,3 +178,31 @@ def test_the_ab_bench_alternates_two_revisions(scenario: str) -> None:
     assert all(line.count(" · ") == 1 for line in every_round), lines  # two rounds each
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True)
     assert b"stopwire-ab-" not in worktrees.stdout  # its checkout is removed
+
+
+def test_a_bursts_delays_are_binned_by_when_the_provider_wrote_them() -> None:
+    load = relay_cost.Load(
+        "Stopwire",
+        2,
+        0.02,
+        [1.0, 3.0, 40.0, 2.0],
+        [],
+        4,
+        1.0,
+        None,
+        0,
+        written_s=[0.05, 0.19, 0.45, 0.41],
+    )
+    # Nearest rank: p50 of [1, 3] is 1 and its p99 is 3; the 0.2 s bin holds no token.
+    assert burst.delay_bins(load) == "0.0 s 1/3 · 0.4 s 2/40"
+
+
+def test_the_burst_bench_prints_each_rounds_delays_over_time() -> None:
+    done = run_bench("bench.burst", "--quick", "--bins")
+    binned = re.findall(r"^- (.+), round 1: (.+)$", done.stdout, re.MULTILINE)
+    names = ["no proxy", "baseline", "Stopwire /v1 (no store)", "Stopwire /api/chat (store on)"]
+    assert [name for name, _ in binned] == names, done.stdout
+    for _, cells in binned:
+        starts = [float(cell.split(" s ")[0]) for cell in cells.split(" · ")]
+        assert starts == sorted(starts) and len(starts) >= 5, cells  # 100 tokens 20 ms apart: 2 s
+        assert all(re.fullmatch(r"\d+\.\d s \d+/\d+", cell) for cell in cells.split(" · ")), cells
