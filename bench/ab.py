@@ -17,7 +17,7 @@ factor of two, so compare the medians of many rounds, never one.
   left, and the time to the last close; no proxy alongside, the floor of this machine.
 - `burst`: chats started at once through `/api/chat` (store on), as section g, with the
   plain relay alongside. Per round: time to first token p99, delay per token p50 and p99, the
-  worker's CPU per token.
+  worker's CPU per token and the part of it in user mode (the interpreter, not the kernel).
 - `relay`: streams connecting 5 ms apart through `/api/chat` with the store off, as section
   d: 100 tokens 20 ms apart, or, with `--streams` over 200, 30 tokens 200 ms apart; with
   the plain relay alongside. Per round: the same measures as `burst`.

@@ -107,8 +107,8 @@ class Load:
             "ttft_p99_ms": percentile(ttft, 99),
             "tokens": self.tokens,
             "tokens_per_s": self.tokens / self.seconds if self.seconds else None,
-            "cpu_us_per_token": per_token_us(self.cpu_s, self.tokens),
-            "user_cpu_us_per_token": per_token_us(self.user_cpu_s, self.tokens),
+            "cpu_us_per_token": _per_token_us(self.cpu_s, self.tokens),
+            "user_cpu_us_per_token": _per_token_us(self.user_cpu_s, self.tokens),
             "incomplete": self.incomplete,
             "mismatched": self.mismatched,
         }
@@ -154,13 +154,13 @@ def measure(
         seconds,
         cpu,
         incomplete,
-        mismatched,
-        user_cpu,
-        written,
+        mismatched=mismatched,
+        user_cpu_s=user_cpu,
+        written_s=written,
     )
 
 
-def per_token_us(cpu_s: float | None, tokens: int) -> float | None:
+def _per_token_us(cpu_s: float | None, tokens: int) -> float | None:
     return cpu_s / tokens * 1e6 if cpu_s is not None and tokens else None
 
 

@@ -58,9 +58,9 @@ def merge(a: relay_cost.Load, b: relay_cost.Load) -> relay_cost.Load:
         a.seconds + b.seconds,
         (a.cpu_s or 0) + (b.cpu_s or 0),
         a.incomplete + b.incomplete,
-        a.mismatched + b.mismatched,
-        (a.user_cpu_s or 0) + (b.user_cpu_s or 0),
-        a.written_s + b.written_s,
+        mismatched=a.mismatched + b.mismatched,
+        user_cpu_s=(a.user_cpu_s or 0) + (b.user_cpu_s or 0),
+        written_s=a.written_s + b.written_s,
     )
 
 
