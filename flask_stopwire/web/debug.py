@@ -7,6 +7,7 @@ blocked event loop) and tells process internals, so it is never on by default.
 import gc
 import os
 
+import gevent
 from flask import Blueprint
 from greenlet import greenlet
 
@@ -18,9 +19,10 @@ debug.before_request(require_operator)
 
 
 @debug.get("/debug/stats")
-def stats() -> dict[str, int]:
+def stats() -> dict[str, int | bool]:
     """The worker's pid, live generations, open file descriptors (those of the store's
-    connections apart), live greenlets, and the objects frozen out of the collector."""
+    connections apart), live greenlets, the objects frozen out of the collector, and
+    whether gevent records each greenlet's spawning tree."""
     stopwire = get_stopwire()
     store_connections = stopwire.store.open_connections()
     return {
@@ -30,4 +32,5 @@ def stats() -> dict[str, int]:
         "store_connections": store_connections,
         "greenlets": sum(isinstance(o, greenlet) and bool(o) for o in gc.get_objects()),
         "gc_frozen": gc.get_freeze_count(),
+        "greenlet_tree_tracked": bool(gevent.config.track_greenlet_tree),
     }

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import requests
+from conftest import Server
 from wire import AUTH, Connection, connection_to, open_stream, pinned
 
 SOON_S = 1.0  # "closed at once", generously
@@ -215,3 +216,19 @@ def test_the_worker_froze_the_loaded_app_out_of_the_collectors_way(server):
     holds every stream, scans only what requests made."""
     stats = Connection(server.url).get_json("/api/debug/stats")
     assert stats["gc_frozen"] > 10_000
+
+
+def test_the_worker_spawns_greenlets_without_their_spawning_tree(server):
+    """The hooks turned off gevent's record of who spawned each greenlet, from where."""
+    stats = Connection(server.url).get_json("/api/debug/stats")
+    assert stats["greenlet_tree_tracked"] is False
+
+
+def test_an_operator_can_keep_the_spawning_tree(upstream):
+    """GEVENT_TRACK_GREENLET_TREE set by the operator wins over the hooks' default."""
+    server = Server(upstream.url, GEVENT_TRACK_GREENLET_TREE="true")
+    try:
+        stats = Connection(server.url).get_json("/api/debug/stats")
+    finally:
+        server.close()
+    assert stats["greenlet_tree_tracked"] is True

@@ -46,6 +46,7 @@ def test_debug_stats_are_off_by_default(client: FlaskClient) -> None:
 def test_debug_stats_with_the_switch_on(make_app: MakeApp) -> None:
     app: Flask = make_app(STOPWIRE_DEBUG_STATS=True)
     stats = app.test_client().get("/api/debug/stats").get_json()
-    keys = {"pid", "live_generations", "open_fds", "store_connections", "greenlets", "gc_frozen"}
+    keys = {"pid", "live_generations", "open_fds", "store_connections", "greenlets"}
+    keys |= {"gc_frozen", "greenlet_tree_tracked"}
     assert set(stats) == keys
     assert stats["live_generations"] == 0 and stats["open_fds"] > 0
