@@ -155,6 +155,8 @@ class Departures:
                 watch.readable()
 
     def ask_if_due(self) -> None:
+        """`ask()`, unless someone did less than a millisecond ago: for the loop's own
+        work (the hub's greenlet) in the middle of a long turn."""
         if time.perf_counter() - self._asked_at >= _MID_TURN_S:
             self.ask()
 

@@ -226,11 +226,13 @@ class Generation:
         self._pump_running = False  # and running: a kill would reach its `finally`
         # The open stream: its body's pieces, the deltas parsed from them and, for a
         # stream read without blocking, its socket body, the loop's watcher of that
-        # socket and the idle-limit timer. `_reader` is who reads it now.
+        # socket, the loop's departures (asked before each token) and the idle-limit timer.
+        # `_reader` is who reads it now.
         self._pieces: Iterator[bytes | None] | None = None
         self._deltas: Iterator[Delta | None] | None = None
         self._body: SocketBody | None = None
         self._io: Any = None
+        self._departures: disconnect.Departures | None = None
         self._idle_timer: Any = None
         self._reader: Any = None  # _PUMP, a Viewer, or None
         self._pump_waiter: Waiter | None = None
@@ -377,9 +379,9 @@ class Generation:
     def _readable(self) -> None:
         """In the hub: the provider's socket has bytes (or its end): wake its reader
         straight from the loop (no callback queued behind the other greenlets)."""
-        disconnect.notice_departures()  # before this token, if the turn is long
+        assert self._body is not None and self._departures is not None
+        self._departures.ask_if_due()  # before this token, if the turn is long
         self._io.stop()
-        assert self._body is not None
         self._body.ready()
         reader = self._reader
         if reader is _PUMP:
@@ -617,6 +619,8 @@ class Generation:
         if body is not None:
             self._body = body
             self._io = get_hub().loop.io(body.sock.fileno(), 1)  # 1: readable
+            # Looked up once, not per token (a lookup by hub costs more than the ask).
+            self._departures = disconnect.departures()
             self._arm_idle_check(self.settings.read_timeout_s)
         self._reader = _PUMP
         return True
