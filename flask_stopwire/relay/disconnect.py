@@ -12,7 +12,7 @@ Every watched socket of a worker sits in one epoll set of its own (`Departures`)
 greenlet each: a greenlet's saved stack is most of what a stream costs in memory. The
 event loop watches that set before the provider sockets of the same loop turn; and the
 work of a long turn (a burst of tokens, of starts, of ends) asks it again every
-millisecond (`notice_departures`), so a client that leaves then is not kept waiting for
+millisecond (`Departures.ask_if_due`), so a client that leaves then is not kept waiting for
 the next poll, nor its provider for our FIN: with many clients leaving at once, each
 departure seen would otherwise hold the next ones up by a whole turn of work.
 """
@@ -174,8 +174,8 @@ def departures() -> Departures:
 
 
 def notice_departures() -> None:
-    """Serve departures now if nobody asked for a millisecond: for the loop's own work
-    (the hub's greenlet) in the middle of a long turn."""
+    """`Departures.ask_if_due` for this thread's loop, if it watches anyone yet (it
+    creates nothing): for work that holds no `Departures` of its own."""
     found = _departures.get(get_hub())
     if found is not None:
         found.ask_if_due()
