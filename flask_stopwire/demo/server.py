@@ -17,8 +17,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import gevent
+from gevent.hub import Waiter, get_hub
 from gevent.server import StreamServer
-from gevent.socket import wait_read
 
 from flask_stopwire.demo import script as scripts
 from flask_stopwire.relay.disconnect import peer_closed
@@ -115,8 +115,8 @@ class DemoServer:
             record.prompt, record.messages = text[:80], messages
         self.records.append(record)
         try:
-            answer = Answer(sock, script, record, body, _bearer(request.headers))
-            return answer.send(scripts.words(script, text))
+            with Answer(sock, script, record, body, _bearer(request.headers)) as answer:
+                return answer.send(scripts.words(script, text))
         except ClientGone:
             record.client_closed_at = record.client_closed_at or time.monotonic()
             record.ended, record.ended_at = "client_closed", time.monotonic()
@@ -135,9 +135,21 @@ class Answer:
         key: str = "",
     ):
         self.sock, self.script, self.record, self.key = sock, script, record, key
+        # Watched while idle, one watcher for the whole answer: the provider is measured
+        # on the relay's own CPUs, so every microsecond per token it spends is theirs.
+        self._readable = get_hub().loop.io(sock.fileno(), 1)  # 1: readable
+        # One chunk's bytes around its token, built once: the stream's id and `created`
+        # stay the same for all its chunks, as OpenAI's do.
+        self._token_frame = _sse(_chunk(delta={"content": ""})).split(b'""', 1)
         self.stream = bool(body.get("stream"))
         self.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self.prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+
+    def __enter__(self) -> "Answer":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._readable.close()
 
     def send(self, tokens: list[str]) -> bool:
         """Send the whole answer; False when the connection must close afterwards."""
@@ -156,7 +168,7 @@ class Answer:
                 return self._fail()
             if index == script.silence_after:
                 self._idle(script.silence)
-            self._emit(_chunk(delta={"content": token}))
+            self._emit_token(token)
             self._idle(script.gap)
         if script.fail_after >= len(tokens):
             return self._fail()
@@ -209,10 +221,11 @@ class Answer:
             self.sock.sendall(b"0\r\n\r\n")
         return kind != "drop"
 
-    def _emit(self, payload: dict) -> None:
+    def _emit_token(self, token: str) -> None:
         self._check_client()
         now = time.monotonic()
-        self._chunk_write(_sse(payload))
+        before, after = self._token_frame
+        self._chunk_write(before + json.dumps(token).encode() + after)
         self.record.tokens_sent += 1
         self.record.token_times.append(now)
         self.record.first_token_at = self.record.first_token_at or now
@@ -225,12 +238,24 @@ class Answer:
         """Wait, but notice at once when the client leaves."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            try:
-                wait_read(self.sock.fileno(), timeout=left)
-            except TimeoutError:
+            if not self._wait_readable(left):
                 return
             self._check_client()
             gevent.sleep(min(left, 0.01))  # bytes from the client while streaming: ignore
+
+    def _wait_readable(self, seconds: float) -> bool:
+        """True if the socket became readable within `seconds`: gevent's `wait_read`
+        without its Timeout object and exception, which cost more than the token."""
+        hub = get_hub()
+        waiter = Waiter(hub)
+        timer = hub.loop.timer(seconds)
+        timer.start(waiter.switch, False)
+        self._readable.start(waiter.switch, True)
+        try:
+            return waiter.get()
+        finally:
+            timer.close()
+            self._readable.stop()
 
     def _check_client(self) -> None:
         if peer_closed(self.sock):

@@ -1,11 +1,14 @@
 """The demo provider's records and error bodies, over a socket pair: no process, no port."""
 
 import json
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 import gevent
 import pytest
 from gevent import socket
+from gevent.server import StreamServer
 
 from flask_stopwire.demo.script import Script
 from flask_stopwire.demo.server import MAX_BODY, RECORDS_KEPT, DemoServer
@@ -118,3 +121,76 @@ def test_a_body_over_the_limit_is_never_read():
     assert handler.dead
     assert ours.recv(100) == b""  # closed without an answer or a read of the body
     ours.close()
+
+
+@pytest.fixture
+def serve_script() -> Iterator[Callable[[Script], tuple[DemoServer, tuple[str, int]]]]:
+    """Serve the demo with a script on a loopback port (a streamed answer needs TCP: on a
+    socket pair its check for the client's departure would wait for bytes)."""
+    started: list[StreamServer] = []
+
+    def start(script: Script) -> tuple[DemoServer, tuple[str, int]]:
+        demo = DemoServer(script)
+        started.append(StreamServer(("127.0.0.1", 0), demo.handle))
+        started[-1].start()
+        return demo, started[-1].address
+
+    yield start
+    for server in started:
+        server.stop(timeout=1)
+
+
+def open_stream(address: tuple[str, int], content: str) -> socket.socket:
+    """Ask the demo at `address` for a streamed answer to `content`: our end of the connection."""
+    ours = socket.create_connection(address)
+    payload = json.dumps(
+        {"model": "m", "stream": True, "messages": [{"role": "user", "content": content}]}
+    ).encode()
+    ours.sendall(
+        f"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return ours
+
+
+def events(body: bytes) -> list[dict]:
+    """The JSON of every `data:` line of a chunked SSE body, up to `[DONE]`."""
+    unchunked, rest = b"", body
+    while rest:
+        size, _, rest = rest.partition(b"\r\n")
+        unchunked, rest = unchunked + rest[: int(size, 16)], rest[int(size, 16) + 2 :]
+    lines = [line[len(b"data: ") :] for line in unchunked.split(b"\n") if line]
+    assert lines.pop() == b"[DONE]"
+    return [json.loads(line) for line in lines]
+
+
+def test_a_streamed_answer_is_openai_chunks_of_its_words(serve_script):
+    said = 'She said "stop",\ta back\\slash, é and 🚀 </script>'
+    _, address = serve_script(Script(ttft=0, gap=0))
+    ours = open_stream(address, f"{said} [demo echo]")
+    received = b""
+    while not received.endswith(b"\r\n0\r\n\r\n"):
+        received += ours.recv(65536)
+    ours.close()
+    *chunks, last = events(received.split(b"\r\n\r\n", 1)[1].removesuffix(b"0\r\n\r\n"))
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == said
+    assert {(c["id"], c["object"], c["model"], c["created"]) for c in chunks} == {
+        ("chatcmpl-demo", "chat.completion.chunk", "stopwire-demo", chunks[0]["created"])
+    }
+    assert last["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+
+
+def test_a_client_leaving_during_a_silence_is_recorded_at_once(serve_script):
+    demo, address = serve_script(Script(ttft=0, gap=10, tokens=3))
+    ours = open_stream(address, "Hello")
+    received = b""
+    while b"data: " not in received:
+        received += ours.recv(65536)
+    closed_at = time.monotonic()
+    ours.close()
+    with gevent.Timeout(5):
+        while not demo.records[0].ended_at:
+            gevent.sleep(0.01)
+    (record,) = demo.records
+    assert (record.ended, record.tokens_sent) == ("client_closed", 1)
+    assert 0 <= record.client_closed_at - closed_at < 0.5  # not at the next token, 10 s on
