@@ -102,6 +102,10 @@ def table(stats: dict[str, dict], streams: int) -> str:
             lambda s: "-" if s["cpu_us_per_token"] is None else f"{s['cpu_us_per_token']:.0f}",
         ),
         ("streams incomplete / text differs", lambda s: f"{s['incomplete']} / {s['mismatched']}"),
+        (
+            "provider CPU µs per token (the demo, on the same cores)",
+            lambda s: f"{s['provider_cpu_us_per_token']:.0f}",
+        ),
     ]
     lines = [
         f"| {streams} new chats at once | " + " | ".join(names) + " |",

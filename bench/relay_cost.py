@@ -90,6 +90,8 @@ class Load:
     incomplete: int
     mismatched: int = 0  # streams whose text differs from the provider's, character for character
     user_cpu_s: float | None = None  # the part of cpu_s in user mode
+    # The demo provider's CPU: it shares the host's cores with the relay it serves.
+    provider_cpu_s: float | None = None
     # When the provider wrote each token, in seconds after the first request, in the order
     # of latencies_ms: where in a run its tokens waited.
     written_s: list[float] = field(default_factory=list)
@@ -109,6 +111,7 @@ class Load:
             "tokens_per_s": self.tokens / self.seconds if self.seconds else None,
             "cpu_us_per_token": _per_token_us(self.cpu_s, self.tokens),
             "user_cpu_us_per_token": _per_token_us(self.user_cpu_s, self.tokens),
+            "provider_cpu_us_per_token": _per_token_us(self.provider_cpu_s, self.tokens),
             "incomplete": self.incomplete,
             "mismatched": self.mismatched,
         }
@@ -123,9 +126,11 @@ def measure(
     bodies = {m: target.body(f"{m} {directive}") for m in prompts}
     demo.clear()
     cpu_before = cpu_times(target.pid) if target.pid else None
+    provider_before = sum(cpu_times(demo.process.pid))
     timeout = 60 + tokens * gap_s * 3 + streams * stagger_s
     received = loadgen.run(target.url, target.path, bodies, timeout, stagger_s)
     cpu_after = cpu_times(target.pid) if target.pid else None
+    provider_cpu = sum(cpu_times(demo.process.pid)) - provider_before
     records = {r["prompt"].split()[0]: r for r in demo.records()}
     first = min(g.sent_at for g in received)
     latencies, written, ttft, count = [], [], [], 0
@@ -156,6 +161,7 @@ def measure(
         incomplete,
         mismatched=mismatched,
         user_cpu_s=user_cpu,
+        provider_cpu_s=provider_cpu,
         written_s=written,
     )
 

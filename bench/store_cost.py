@@ -60,6 +60,7 @@ def merge(a: relay_cost.Load, b: relay_cost.Load) -> relay_cost.Load:
         a.incomplete + b.incomplete,
         mismatched=a.mismatched + b.mismatched,
         user_cpu_s=(a.user_cpu_s or 0) + (b.user_cpu_s or 0),
+        provider_cpu_s=(a.provider_cpu_s or 0) + (b.provider_cpu_s or 0),
         written_s=a.written_s + b.written_s,
     )
 

@@ -206,3 +206,7 @@ def test_the_burst_bench_prints_each_rounds_delays_over_time() -> None:
         starts = [float(cell.split(" s ")[0]) for cell in cells.split(" · ")]
         assert starts == sorted(starts) and len(starts) >= 5, cells  # 100 tokens 20 ms apart: 2 s
         assert all(re.fullmatch(r"\d+\.\d s \d+/\d+", cell) for cell in cells.split(" · ")), cells
+    # The provider runs on the same cores: its share is measured for every column.
+    row = re.search(r"^\| provider CPU µs per token [^|]+\|(.+)\|$", done.stdout, re.MULTILINE)
+    assert row is not None, done.stdout
+    assert [float(cell) > 0 for cell in row.group(1).split("|")] == [True] * 4, row.group(0)
