@@ -57,7 +57,8 @@ process on the host) say when it sent each token and when its client connection 
 One gunicorn gevent worker per system, except the stop requests (two workers). The
 baseline is `bench/baseline_relay.py`: a Flask generator over `requests` that closes the
 upstream in `finally`. p99 is nearest-rank. The host is shared with other test runs: the
-load average above says how busy it was, and the tails move with it.
+load average above says how busy it was, and the tails move with it. The loop's time says
+how fast the machine was: CPU per token moves with it from run to run.
 
 - **Stop latency**: the provider saw its client close, minus the client's close (or the
   moment just before the stop request was sent). "in parallel" = the trials ran side by
@@ -400,8 +401,10 @@ def main(argv: list[str] | None = None) -> None:
 
     began = time.monotonic()
     load_start = os.getloadavg()  # other work on the host skews milliseconds: say so
+    loop_start = stop_latency.loop_seconds()
     results = run(config)
     load = {"start": load_start, "end": os.getloadavg()}
+    loops = {"start": loop_start, "end": stop_latency.loop_seconds()}
     info = stop_latency.machine()
     header = [
         f"# Stopwire benchmarks ({'quick' if args.quick else 'full'} run)",
@@ -410,11 +413,14 @@ def main(argv: list[str] | None = None) -> None:
         f"Load average (1, 5, 15 min): {stop_latency.load_line(load['start'])} at start, "
         f"{stop_latency.load_line(load['end'])} at end. "
         f"Run took {time.monotonic() - began:.0f} s.",
+        f"Interpreter speed: a 10-million-step loop took {loops['start']:.2f} s at start, "
+        f"{loops['end']:.2f} s at end.",
     ]
     text = markdown(results, header, config)
     print(text)
     (out / "benchmarks.md").write_text(text)
-    (out / "benchmarks.json").write_text(json.dumps(to_json(results, info, load, config), indent=2))
+    summary = to_json(results, info, load, config) | {"loop_seconds": loops}
+    (out / "benchmarks.json").write_text(json.dumps(summary, indent=2))
     for path in report.plots(out, results["rows"], results["loads"]):
         print(f"plot: {path}")
     print(f"written to {out}")

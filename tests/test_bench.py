@@ -52,6 +52,13 @@ def rows(report: dict, parallel: bool | None = None) -> dict[tuple[str, str, str
     }
 
 
+def test_the_report_says_how_fast_the_machine_was(report):
+    loops = report["json"]["loop_seconds"]
+    assert 0 < loops["start"] < 30 and 0 < loops["end"] < 30, loops
+    line = f"a 10-million-step loop took {loops['start']:.2f} s at start, {loops['end']:.2f} s"
+    assert line in report["md"]
+
+
 def test_every_client_close_scenario_has_every_system(report):
     table = rows(report, parallel=None)
     side_by_side = rows(report, parallel=True)
