@@ -58,7 +58,8 @@ One gunicorn gevent worker per system, except the stop requests (two workers). T
 baseline is `bench/baseline_relay.py`: a Flask generator over `requests` that closes the
 upstream in `finally`. p99 is nearest-rank. The host is shared with other test runs: the
 load average above says how busy it was, and the tails move with it. The loop's time says
-how fast the machine was: CPU per token moves with it from run to run.
+how fast the machine was, and the steal how much of it the hypervisor took back: CPU per
+token and the tails move with both from run to run.
 
 - **Stop latency**: the provider saw its client close, minus the client's close (or the
   moment just before the stop request was sent). "in parallel" = the trials ran side by
@@ -402,7 +403,9 @@ def main(argv: list[str] | None = None) -> None:
     began = time.monotonic()
     load_start = os.getloadavg()  # other work on the host skews milliseconds: say so
     loop_start = stop_latency.loop_seconds()
+    stolen_before = stop_latency.stolen_seconds()
     results = run(config)
+    stolen = stop_latency.stolen_seconds() - stolen_before
     load = {"start": load_start, "end": os.getloadavg()}
     loops = {"start": loop_start, "end": stop_latency.loop_seconds()}
     info = stop_latency.machine()
@@ -414,12 +417,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{stop_latency.load_line(load['end'])} at end. "
         f"Run took {time.monotonic() - began:.0f} s.",
         f"Interpreter speed: a 10-million-step loop took {loops['start']:.2f} s at start, "
-        f"{loops['end']:.2f} s at end.",
+        f"{loops['end']:.2f} s at end. The hypervisor took {stolen:.1f} s of CPU time "
+        "from this machine during the run (steal, all CPUs).",
     ]
     text = markdown(results, header, config)
     print(text)
     (out / "benchmarks.md").write_text(text)
-    summary = to_json(results, info, load, config) | {"loop_seconds": loops}
+    summary = to_json(results, info, load, config) | {"loop_seconds": loops, "stolen_s": stolen}
     (out / "benchmarks.json").write_text(json.dumps(summary, indent=2))
     for path in report.plots(out, results["rows"], results["loads"]):
         print(f"plot: {path}")

@@ -57,6 +57,8 @@ def test_the_report_says_how_fast_the_machine_was(report):
     assert 0 < loops["start"] < 30 and 0 < loops["end"] < 30, loops
     line = f"a 10-million-step loop took {loops['start']:.2f} s at start, {loops['end']:.2f} s"
     assert line in report["md"]
+    stolen = report["json"]["stolen_s"]
+    assert stolen >= 0 and f"The hypervisor took {stolen:.1f} s of CPU time" in report["md"]
 
 
 def test_every_client_close_scenario_has_every_system(report):
