@@ -312,8 +312,8 @@ def machine_line(info: dict) -> str:
 
 
 def loop_seconds() -> float:
-    """How long this interpreter takes for a 10-million-step empty loop: the same virtual
-    machine has run it in 0.19 to 0.83 s on different days, and every CPU figure with it."""
+    """How long this interpreter takes for a 10-million-step empty loop: this workplace's
+    machines have run it in 0.15 to 0.83 s, and every CPU figure moved with it."""
     began = time.perf_counter()
     for _ in range(10_000_000):
         pass
