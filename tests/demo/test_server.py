@@ -1,5 +1,7 @@
-"""The demo provider's records and error bodies, over a socket pair: no process, no port."""
+"""The demo provider's records, error bodies and streamed answers: in this process, over a
+socket pair or, for a streamed answer, a loopback port."""
 
+import http.client
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -153,13 +155,11 @@ def open_stream(address: tuple[str, int], content: str) -> socket.socket:
     return ours
 
 
-def events(body: bytes) -> list[dict]:
-    """The JSON of every `data:` line of a chunked SSE body, up to `[DONE]`."""
-    unchunked, rest = b"", body
-    while rest:
-        size, _, rest = rest.partition(b"\r\n")
-        unchunked, rest = unchunked + rest[: int(size, 16)], rest[int(size, 16) + 2 :]
-    lines = [line[len(b"data: ") :] for line in unchunked.split(b"\n") if line]
+def events(sock: socket.socket) -> list[dict]:
+    """The JSON of every `data:` line of the streamed response on `sock`, up to `[DONE]`."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    lines = [line[len(b"data: ") :] for line in response.read().split(b"\n") if line]
     assert lines.pop() == b"[DONE]"
     return [json.loads(line) for line in lines]
 
@@ -167,12 +167,8 @@ def events(body: bytes) -> list[dict]:
 def test_a_streamed_answer_is_openai_chunks_of_its_words(serve_script):
     said = 'She said "stop",\ta back\\slash, é and 🚀 </script>'
     _, address = serve_script(Script(ttft=0, gap=0))
-    ours = open_stream(address, f"{said} [demo echo]")
-    received = b""
-    while not received.endswith(b"\r\n0\r\n\r\n"):
-        received += ours.recv(65536)
-    ours.close()
-    *chunks, last = events(received.split(b"\r\n\r\n", 1)[1].removesuffix(b"0\r\n\r\n"))
+    with open_stream(address, f"{said} [demo echo]") as ours:
+        *chunks, last = events(ours)
     assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == said
     assert {(c["id"], c["object"], c["model"], c["created"]) for c in chunks} == {
         ("chatcmpl-demo", "chat.completion.chunk", "stopwire-demo", chunks[0]["created"])
