@@ -115,7 +115,11 @@ def test_mass_abort_closes_everything_and_leaks_nothing(report):
     assert leaks["live_generations"] <= 0 and leaks["open_fds"] <= 0, ours
     assert leaks["greenlets"] <= 2 * 10, ours
     assert ours["stats_after"]["live_generations"] == 0
-    assert 0 < ours["rss_per_stream_kib"] < 10_000
+    # Measured, and not absurd; its sign is not the point here: with the quick run's 20
+    # streams, one page the worker returns meanwhile moves it by 0.2 KiB a stream (seen:
+    # -0.2). The full run's 1,000 streams measure it (README, docs/benchmarks.md).
+    assert isinstance(ours["rss_per_stream_kib"], float), ours
+    assert abs(ours["rss_per_stream_kib"]) < 10_000, ours
     assert aborts["baseline"]["all_closed_ms"] is not None
 
 
