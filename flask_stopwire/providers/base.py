@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 
 @dataclass(frozen=True)
 class Message:
@@ -100,25 +102,22 @@ class Endpoint:
         self.model = model
 
 
-# json.loads' C scanner on its own: an object read with none of loads' layers around it
-# (type checks, two whitespace matches, the decoder call), a third less time per token.
-_scan_json = json.JSONDecoder().scan_once
-
-
 def json_object(line: str | bytes) -> dict[str, Any]:
-    """One stream line's JSON object, or a ProviderStreamError saying it is malformed."""
-    if isinstance(line, str) and line[:1] == "{":
-        try:
-            parsed, end = _scan_json(line, 0)
-        except (StopIteration, ValueError, RecursionError):
-            pass  # malformed: json.loads below says how
-        else:
-            if end == len(line):  # else trailing bytes: json.loads below decides
-                return parsed
+    """One stream line's JSON object, or a ProviderStreamError saying it is malformed.
+
+    orjson reads it, in under half the stdlib scanner's time: every token pays this.
+    What orjson refuses, json.loads reads as it always did (NaN, a lone surrogate, a
+    number past a double's range, UTF-16 bytes). One difference stays: an integer past
+    64 bits comes back as a float, where json.loads keeps it exact; a provider's numbers
+    are token counts.
+    """
     try:
-        parsed = json.loads(line)
-    except (ValueError, RecursionError) as exc:  # absurdly nested is malformed too
-        raise ProviderStreamError(f"malformed stream line: {line[:120]!r}") from exc
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        try:
+            parsed = json.loads(line)
+        except (ValueError, RecursionError) as exc:  # absurdly nested is malformed too
+            raise ProviderStreamError(f"malformed stream line: {line[:120]!r}") from exc
     if not isinstance(parsed, dict):
         raise ProviderStreamError(f"malformed stream line: {line[:120]!r}")
     return parsed
