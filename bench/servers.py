@@ -26,12 +26,17 @@ class Process:
     """A child process in a group of its own, with its output in bench/results/."""
 
     def __init__(
-        self, name: str, args: list[str], env: dict[str, str] | None = None, pipe: bool = False
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        pipe: bool = False,
+        under: list[str] | None = None,
     ):
         RESULTS.mkdir(parents=True, exist_ok=True)
         self.log = open(RESULTS / f"{name}.log", "w")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
-            [sys.executable, *args],
+            [*(under or []), sys.executable, *args],  # `under`: a tool that runs it (valgrind)
             cwd=ROOT,
             env={**inherited_env(), **(env or {})},
             stdout=subprocess.PIPE if pipe else self.log,
@@ -78,13 +83,19 @@ class Gunicorn(Process):
     """gunicorn with gevent workers on a free loopback port."""
 
     def __init__(
-        self, name: str, args: list[str], env: dict[str, str], port: int, scratch: str = ""
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        port: int,
+        scratch: str = "",
+        under: list[str] | None = None,
     ):
         self.scratch = scratch  # a directory of ours, removed on close
-        super().__init__(name, ["-m", "gunicorn", *args], env)
+        super().__init__(name, ["-m", "gunicorn", *args], env, under=under)
         self.url = f"http://127.0.0.1:{port}"
         try:
-            wait_for_port(port, self.process)
+            wait_for_port(port, self.process, 120.0 if under else 20.0)
         except RuntimeError:
             self.close()
             raise
@@ -96,11 +107,14 @@ class Gunicorn(Process):
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def stopwire(provider_url: str, workers: int = 1, **settings: str) -> Gunicorn:
+def stopwire(
+    provider_url: str, workers: int = 1, under: list[str] | None = None, **settings: str
+) -> Gunicorn:
     """Stopwire as it ships: `gunicorn -c gunicorn.conf.py`, one worker unless told.
 
     Its conversations go to a fresh database of our own, not the instance folder's.
-    `settings` are more STOPWIRE_* variables, e.g. WORKER_CONNECTIONS="2000".
+    `settings` are more STOPWIRE_* variables, e.g. WORKER_CONNECTIONS="2000"; `under` a
+    tool that runs the server (valgrind).
     """
     port = free_port()
     scratch = tempfile.mkdtemp(prefix="stopwire-bench-")
@@ -117,18 +131,20 @@ def stopwire(provider_url: str, workers: int = 1, **settings: str) -> Gunicorn:
     }
     # One log per worker count: the suite runs a one-worker and a two-worker Stopwire.
     name = "stopwire" if workers == 1 else f"stopwire-{workers}w"
-    return Gunicorn(name, ["-c", "gunicorn.conf.py"], env, port, scratch)
+    return Gunicorn(name, ["-c", "gunicorn.conf.py"], env, port, scratch, under)
 
 
-def baseline(provider_url: str, worker_connections: int = 1000) -> Gunicorn:
-    """The plain relay under the same gevent worker, one of it."""
+def baseline(
+    provider_url: str, worker_connections: int = 1000, under: list[str] | None = None
+) -> Gunicorn:
+    """The plain relay under the same gevent worker, one of it (`under`: as `stopwire`)."""
     port = free_port()
     # No control socket: its one default path per user would clash with other instances.
     args = ["-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}", "--no-control-socket"]
     # Not Stopwire's gunicorn.conf.py, which gunicorn would read from the cwd by default.
     args += ["-c", "/dev/null"]
     args += ["--worker-connections", str(worker_connections), "bench.baseline_relay:app"]
-    return Gunicorn("baseline", args, {"BASELINE_PROVIDER_URL": provider_url}, port)
+    return Gunicorn("baseline", args, {"BASELINE_PROVIDER_URL": provider_url}, port, under=under)
 
 
 def inherited_env() -> dict[str, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import burst, relay_cost, suite, transports
+from bench import burst, instructions, relay_cost, suite, transports
 from bench.client import CLOSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,3 +223,24 @@ def test_the_burst_bench_prints_each_rounds_delays_over_time() -> None:
     row = re.search(r"^\| provider CPU µs per token [^|]+\|(.+)\|$", done.stdout, re.MULTILINE)
     assert row is not None, done.stdout
     assert [float(cell) > 0 for cell in row.group(1).split("|")] == [True] * 4, row.group(0)
+
+
+def test_two_loads_split_into_instructions_per_token_and_per_chat() -> None:
+    # 10 chats of 50 tokens, then 10 of 150: 6M a chat and 90k a token.
+    short, long = 10 * (6e6 + 50 * 90e3), 10 * (6e6 + 150 * 90e3)
+    assert instructions.split([short, long], 10, (50, 150)) == pytest.approx((90e3, 6e6))
+
+
+def test_the_instruction_count_splits_each_relays_cost_per_token_and_per_chat() -> None:
+    done = run_bench("bench.instructions", "--quick", "--streams", "2")
+    cells = dict(re.findall(r"^\| ([^|]+?) \| (.+) \|$", done.stdout, re.MULTILINE))
+    header = "plain relay | Stopwire /v1 | Stopwire /api/chat"
+    assert cells["instructions (callgrind, user mode)"] == header, done.stdout
+    per_token = [float(cell.removesuffix(" k")) for cell in cells["per relayed token"].split(" | ")]
+    per_chat = [float(cell.removesuffix(" M")) for cell in cells["per chat"].split(" | ")]
+    # A relayed token is tens of thousands of instructions (a read, a parse, a write);
+    # a chat, millions (a request, a provider call). Neither can come out zero or negative.
+    assert all(10 < k < 1_000 for k in per_token), done.stdout
+    assert all(0.5 < m < 100 for m in per_chat), done.stdout
+    ratios = cells["… against the plain relay"].split(" | ")
+    assert ratios[0] == "1.00x" and len(ratios) == 3, done.stdout
