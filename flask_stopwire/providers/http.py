@@ -126,7 +126,9 @@ class SocketBody:
         # of a gevent socket costs an exception per read).
         self._pending: Callable[[], int] = getattr(self.sock, "pending", _nothing_pending)
         self._buffered = True  # http.client may have read the first bytes with the headers
-        self._ready = True
+        # Nothing to read until the socket is readable: the pieces would only say None. An
+        # attribute, not a property: its reader asks twice a token.
+        self.waiting = False
         self._timeout = self.sock.gettimeout()
         self.sock.settimeout(0.0)
         _acknowledge_now(self.sock)  # the headers, and any body bytes read with them
@@ -135,15 +137,10 @@ class SocketBody:
 
     def ready(self) -> None:
         """The socket became readable."""
-        self._ready = True
-
-    @property
-    def waiting(self) -> bool:
-        """Nothing to read until the socket is readable: the pieces would only say None."""
-        return not self._ready
+        self.waiting = False
 
     def _read(self, size: int) -> bytes | None:
-        if not self._ready:
+        if self.waiting:
             return None
         try:
             if self._buffered:
@@ -154,12 +151,12 @@ class SocketBody:
             data = self.sock.recv(size)
         except (BlockingIOError, ssl.SSLWantReadError):
             self._buffered = False  # raised only once the buffer is empty
-            self._ready = False
+            self.waiting = True
             return None
         except OSError as exc:  # a reset, a TLS failure: what `_mapped` makes of them
             raise ProviderDisconnected("provider connection dropped mid-stream") from exc
         if len(data) < size and not self._pending():
-            self._ready = False  # read it all: wait for the socket before the next recv
+            self.waiting = True  # read it all: wait for the socket before the next recv
         return self._got(data)
 
     def _got(self, data: bytes) -> bytes:

@@ -353,7 +353,7 @@ class Generation:
                     self.heartbeats += 1
                     viewer.last_sent = time.monotonic()
                     yield RelayEvent("keepalive", None, viewer.at)
-                elif self._claim(viewer):
+                elif self._reader is viewer or self._claim(viewer):  # the reader: no call
                     # A body waiting for its socket has nothing parsed left: straight to sleep.
                     if self._body.waiting or not self._read_ready():  # type: ignore[union-attr]
                         self._io.start(self._readable)
