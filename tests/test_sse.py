@@ -162,5 +162,6 @@ def test_event_data_replaces_invalid_utf8_and_keeps_a_character_split_across_chu
 
 
 def test_token_frame_is_the_token_event_frame():
-    for text in ("Hello", 'a "quoted"\nline', "café ☕", "a\ud83db"):
+    every_character = "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
+    for text in ("Hello", 'a "quoted"\nline', "café ☕", "a\ud83db", every_character):
         assert token_frame(text, 9) == frame("token", {"text": text}, 9)
