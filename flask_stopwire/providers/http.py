@@ -124,7 +124,7 @@ class SocketBody:
         self._fp = source.fp
         # TLS: the bytes of a record already decrypted (looked up once: a missing attribute
         # of a gevent socket costs an exception per read).
-        self._pending: Callable[[], int] = getattr(self.sock, "pending", _nothing_pending)
+        self._pending: Callable[[], int] | None = getattr(self.sock, "pending", None)
         self._buffered = True  # http.client may have read the first bytes with the headers
         # Nothing to read until the socket is readable: the pieces would only say None. An
         # attribute, not a property: its reader asks twice a token.
@@ -143,23 +143,18 @@ class SocketBody:
         if self.waiting:
             return None
         try:
-            if self._buffered:
-                data = self._fp.read1(size)  # what is buffered; b"" once it is empty
-                if data:
-                    return self._got(data)
+            data = self._fp.read1(size) if self._buffered else b""  # what http.client holds
+            if not data:
                 self._buffered = False
-            data = self.sock.recv(size)
+                data = self.sock.recv(size)
+                # Read it all (and no TLS record in part): wait for the socket before the next.
+                self.waiting = len(data) < size and not (self._pending and self._pending())
         except (BlockingIOError, ssl.SSLWantReadError):
             self._buffered = False  # raised only once the buffer is empty
             self.waiting = True
             return None
         except OSError as exc:  # a reset, a TLS failure: what `_mapped` makes of them
             raise ProviderDisconnected("provider connection dropped mid-stream") from exc
-        if len(data) < size and not self._pending():
-            self.waiting = True  # read it all: wait for the socket before the next recv
-        return self._got(data)
-
-    def _got(self, data: bytes) -> bytes:
         self.last_data_at = time.monotonic()
         return data
 
@@ -177,10 +172,6 @@ def socket_body(response: requests.Response) -> SocketBody | None:
     if source is None or not isinstance(sock, socket.socket):
         return None
     return SocketBody(response, source)
-
-
-def _nothing_pending() -> int:
-    return 0
 
 
 def _acknowledge_now(sock: socket.socket) -> None:
