@@ -108,7 +108,7 @@ def iter_body(response: requests.Response) -> Iterator[bytes]:
 
 class SocketBody:
     """A plain chunked body read without ever blocking: `pieces` yields None when no
-    byte is ready, and its reader waits for `sock` to be readable (then `ready()`).
+    byte is ready, and its reader waits for `sock` to be readable (then sets `waiting` False).
 
     The event loop's own wait replaces gevent's per-read one (a failed `recv` and a
     `Timeout` for every token). The idle limit is then the reader's to keep:
@@ -126,18 +126,14 @@ class SocketBody:
         # of a gevent socket costs an exception per read).
         self._pending: Callable[[], int] | None = getattr(self.sock, "pending", None)
         self._buffered = True  # http.client may have read the first bytes with the headers
-        # Nothing to read until the socket is readable: the pieces would only say None. An
-        # attribute, not a property: its reader asks twice a token.
+        # Nothing to read until the socket is readable: the pieces would only say None. Its
+        # reader sets it back once the socket is: an attribute, asked and set every token.
         self.waiting = False
         self._timeout = self.sock.gettimeout()
         self.sock.settimeout(0.0)
         _acknowledge_now(self.sock)  # the headers, and any body bytes read with them
         self._release_conn = response.raw.release_conn
         self.pieces: Iterator[bytes | None] = _dechunked(source, self._read, self._release)
-
-    def ready(self) -> None:
-        """The socket became readable."""
-        self.waiting = False
 
     def _read(self, size: int) -> bytes | None:
         if self.waiting:

@@ -382,7 +382,7 @@ class Generation:
         assert self._body is not None and self._departures is not None
         self._departures.ask_if_due()  # before this token, if the turn is long
         self._io.stop()
-        self._body.ready()
+        self._body.waiting = False
         reader = self._reader
         if reader is _PUMP:
             waiter, self._pump_waiter = self._pump_waiter, None
@@ -816,7 +816,7 @@ def _drain_and_close(
                 if piece is None:  # a socket body with nothing ready
                     assert body is not None
                     gevent.socket.wait_read(body.sock.fileno())
-                    body.ready()
+                    body.waiting = False
         except ProviderError:
             pass  # cut after the final event: nothing to pool
         else:

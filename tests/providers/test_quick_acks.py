@@ -84,7 +84,7 @@ def delays_ms(body: SocketBody) -> list[float]:
     for piece in body.pieces:
         if piece is None:  # nothing ready: wait for the socket, as the relay's reader does
             select.select([body.sock], [], [], 5)
-            body.ready()
+            body.waiting = False
             continue
         read_at = time.monotonic()
         for event in piece.split(b"\n\n"):
