@@ -28,8 +28,6 @@ factor of two, so compare the medians of many rounds, never one.
 
 import argparse
 import statistics
-import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,14 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, help="streams per round (200; silent: 20)")
     args = parser.parse_args(argv)
     raise_fd_limit()
-    with tempfile.TemporaryDirectory(prefix="stopwire-ab-") as scratch:
-        base = Path(scratch) / "base"
-        git("worktree", "add", "--detach", str(base), args.base)
-        try:
-            trees = {f"base {args.base}": base, "this tree": servers.ROOT}
-            rounds = measure(args.scenario, trees, args.rounds, args.streams)
-        finally:
-            git("worktree", "remove", "--force", str(base))
+    with servers.checkout(args.base) as base:
+        trees = {f"base {args.base}": base, "this tree": servers.ROOT}
+        rounds = measure(args.scenario, trees, args.rounds, args.streams)
     print(report(args.scenario, rounds))
 
 
@@ -74,24 +67,17 @@ def measure(
     return relay_rounds(trees, rounds, streams or STREAMS, scenario == "burst")
 
 
-def git(*args: str) -> None:
-    subprocess.run(["git", *args], cwd=servers.ROOT, check=True, capture_output=True)
-
-
 def workers(trees: dict[str, Path], demo: servers.Demo) -> dict[str, servers.Gunicorn]:
     """One Stopwire worker per tree, as the suite starts it."""
     started = {}
-    home = servers.ROOT
     try:
         for name, tree in trees.items():
-            servers.ROOT = tree  # the worker's cwd: it imports that tree's code
-            started[name] = servers.stopwire(demo.url, WORKER_CONNECTIONS="2000", FLUSH_S="1")
+            with servers.running_from(tree):
+                started[name] = servers.stopwire(demo.url, WORKER_CONNECTIONS="2000", FLUSH_S="1")
     except BaseException:
         for worker in started.values():
             worker.close()
         raise
-    finally:
-        servers.ROOT = home
     return started
 
 

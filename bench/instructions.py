@@ -1,7 +1,7 @@
 """Instructions per relayed token and per chat, counted by callgrind: the CPU cost a
 shared machine does not blur.
 
-    .venv/bin/python -m bench.instructions [--streams 10] [--quick]
+    .venv/bin/python -m bench.instructions [--streams 10] [--quick] [--base REV]
 
 On this workplace's 2-core virtual machines the CPU time of the same load varies by up
 to a factor of two between rounds (the hypervisor takes time back: the suite reports
@@ -26,6 +26,7 @@ ratios, not microseconds.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import re
 import shutil
@@ -119,30 +120,44 @@ def _await_dump(out_dir: str, pid: int, label: str, timeout: float = 30.0) -> in
             time.sleep(0.2)
 
 
-def measure(streams: int, tokens: tuple) -> list[Count]:
-    """The plain relay, Stopwire's /v1 (nothing saved) and /api/chat (saved), counted."""
+def measure(streams: int, tokens: tuple, base: str | None = None) -> list[Count]:
+    """The plain relay, Stopwire's /v1 (nothing saved) and /api/chat (saved), counted; with
+    `base`, a git revision, that revision's Stopwire too."""
     out_dir = tempfile.mkdtemp(prefix="stopwire-callgrind-")
     demo = servers.Demo()
     started: list[servers.Process] = [demo]
     try:
-        baseline = servers.baseline(demo.url, under=callgrind(out_dir))
-        started.append(baseline)
-        # Partial answers saved every 5 s: at 100 ms a token, as many tokens apart as the
-        # suite's 1 s at 20 ms.
-        stopwire = servers.stopwire(demo.url, under=callgrind(out_dir), FLUSH_S="5")
-        started.append(stopwire)
-        targets = [
-            dataclasses.replace(relay_cost.baseline_target(baseline), name="plain relay"),
-            relay_cost.stopwire_target(
-                "Stopwire /v1", stopwire, openai_body, "/v1/chat/completions"
-            ),
-            relay_cost.stopwire_target("Stopwire /api/chat", stopwire, content_body),
-        ]
-        return [count(target, demo, out_dir, streams, tokens) for target in targets]
+        with contextlib.ExitStack() as trees:
+            baseline = servers.baseline(demo.url, under=callgrind(out_dir))
+            started.append(baseline)
+            targets = [
+                dataclasses.replace(relay_cost.baseline_target(baseline), name="plain relay")
+            ]
+            sides = {"": servers.ROOT}
+            if base is not None:
+                sides[f" at {base}"] = trees.enter_context(servers.checkout(base))
+            for suffix, tree in sides.items():
+                with servers.running_from(tree):
+                    # Partial answers saved every 5 s: at 100 ms a token, as many tokens
+                    # apart as the suite's 1 s at 20 ms.
+                    stopwire = servers.stopwire(demo.url, under=callgrind(out_dir), FLUSH_S="5")
+                started.append(stopwire)
+                targets += stopwire_targets(stopwire, suffix)
+            return [count(target, demo, out_dir, streams, tokens) for target in targets]
     finally:
         for process in reversed(started):
             process.close()
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def stopwire_targets(stopwire: servers.Gunicorn, suffix: str) -> list[relay_cost.Target]:
+    """Stopwire's /v1 and /api/chat on one worker."""
+    return [
+        relay_cost.stopwire_target(
+            f"Stopwire /v1{suffix}", stopwire, openai_body, "/v1/chat/completions"
+        ),
+        relay_cost.stopwire_target(f"Stopwire /api/chat{suffix}", stopwire, content_body),
+    ]
 
 
 def table(counts: list[Count]) -> str:
@@ -163,10 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--streams", type=int, default=STREAMS, help=f"chats a load ({STREAMS})")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 5 and 45 tokens")
+    parser.add_argument("--base", help="also count Stopwire at this git revision")
     args = parser.parse_args(argv)
     tokens = (5, 45) if args.quick else (SHORT, LONG)
     began = time.monotonic()
-    counts = measure(args.streams, tokens)
+    counts = measure(args.streams, tokens, args.base)
     print(f"# {args.streams} chats of {tokens[0]}, then of {tokens[1]} tokens, ", end="")
     print(f"{GAP_S * 1000:.0f} ms apart, one worker each, under callgrind\n")
     print(f"Machine: {machine_line(machine())}\n")

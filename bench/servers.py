@@ -4,6 +4,7 @@ Each runs in its own process group (start_new_session) so closing it kills the
 whole group: gunicorn's master and its worker, and nothing we did not start.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -145,6 +147,33 @@ def baseline(
     args += ["-c", "/dev/null"]
     args += ["--worker-connections", str(worker_connections), "bench.baseline_relay:app"]
     return Gunicorn("baseline", args, {"BASELINE_PROVIDER_URL": provider_url}, port, under=under)
+
+
+@contextlib.contextmanager
+def checkout(revision: str) -> Iterator[Path]:
+    """A detached git worktree of `revision` in a temporary directory, removed after."""
+    with tempfile.TemporaryDirectory(prefix="stopwire-ab-") as scratch:
+        tree = Path(scratch) / "base"
+        _git("worktree", "add", "--detach", str(tree), revision)
+        try:
+            yield tree
+        finally:
+            _git("worktree", "remove", "--force", str(tree))
+
+
+@contextlib.contextmanager
+def running_from(tree: Path) -> Iterator[None]:
+    """Servers started in here run in `tree` (their cwd): they import that tree's code."""
+    global ROOT
+    home, ROOT = ROOT, tree
+    try:
+        yield
+    finally:
+        ROOT = home
+
+
+def _git(*args: str) -> None:
+    subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True)
 
 
 def inherited_env() -> dict[str, str]:
