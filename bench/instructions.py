@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import relay_cost, servers
-from bench.client import content_body, openai_body
+from bench.client import content_body, messages_body, openai_body
 from bench.stop_latency import machine, machine_line
 
 SHORT, LONG = 50, 150  # tokens per chat in the two loads
@@ -75,7 +75,7 @@ def dumped(out_dir: str, pid: int, label: str) -> int:
     """The instructions in the dump of `pid` made with `label` (`callgrind_control -d`)."""
     for path in Path(out_dir).glob(f"callgrind.{pid}.*"):
         text = path.read_text(errors="replace")
-        if re.search(rf"^desc: Trigger: dump {label}$", text, re.M):
+        if re.search(rf"^desc: Trigger: dump {re.escape(label)}$", text, re.M):
             return int(re.search(r"^(?:summary|totals): (\d+)", text, re.M).group(1))
     raise RuntimeError(f"callgrind wrote no dump {label!r} for {pid}")
 
@@ -121,8 +121,8 @@ def _await_dump(out_dir: str, pid: int, label: str, timeout: float = 30.0) -> in
 
 
 def measure(streams: int, tokens: tuple, base: str | None = None) -> list[Count]:
-    """The plain relay, Stopwire's /v1 (nothing saved) and /api/chat (saved), counted; with
-    `base`, a git revision, that revision's Stopwire too."""
+    """The plain relay and Stopwire's targets (`stopwire_targets`), counted; with `base`,
+    a git revision, that revision's Stopwire too."""
     out_dir = tempfile.mkdtemp(prefix="stopwire-callgrind-")
     demo = servers.Demo()
     started: list[servers.Process] = [demo]
@@ -151,12 +151,14 @@ def measure(streams: int, tokens: tuple, base: str | None = None) -> list[Count]
 
 
 def stopwire_targets(stopwire: servers.Gunicorn, suffix: str) -> list[relay_cost.Target]:
-    """Stopwire's /v1 and /api/chat on one worker."""
+    """Stopwire's /v1, and its /api/chat with the history in the request (nothing saved)
+    and as a new conversation (saved), on one worker."""
     return [
         relay_cost.stopwire_target(
             f"Stopwire /v1{suffix}", stopwire, openai_body, "/v1/chat/completions"
         ),
-        relay_cost.stopwire_target(f"Stopwire /api/chat{suffix}", stopwire, content_body),
+        relay_cost.stopwire_target(f"/api/chat, not saved{suffix}", stopwire, messages_body),
+        relay_cost.stopwire_target(f"/api/chat, saved{suffix}", stopwire, content_body),
     ]
 
 

@@ -234,8 +234,8 @@ def test_two_loads_split_into_instructions_per_token_and_per_chat() -> None:
 def test_the_instruction_count_splits_each_relays_cost_per_token_and_per_chat() -> None:
     done = run_bench("bench.instructions", "--quick", "--streams", "2", "--base", "HEAD")
     cells = dict(re.findall(r"^\| ([^|]+?) \| (.+) \|$", done.stdout, re.MULTILINE))
-    header = "plain relay | Stopwire /v1 | Stopwire /api/chat"
-    header += " | Stopwire /v1 at HEAD | Stopwire /api/chat at HEAD"
+    header = "plain relay | Stopwire /v1 | /api/chat, not saved | /api/chat, saved"
+    header += " | Stopwire /v1 at HEAD | /api/chat, not saved at HEAD | /api/chat, saved at HEAD"
     assert cells["instructions (callgrind, user mode)"] == header, done.stdout
     per_token = [float(cell.removesuffix(" k")) for cell in cells["per relayed token"].split(" | ")]
     per_chat = [float(cell.removesuffix(" M")) for cell in cells["per chat"].split(" | ")]
@@ -244,6 +244,6 @@ def test_the_instruction_count_splits_each_relays_cost_per_token_and_per_chat() 
     assert all(10 < k < 1_000 for k in per_token), done.stdout
     assert all(0.5 < m < 100 for m in per_chat), done.stdout
     ratios = cells["… against the plain relay"].split(" | ")
-    assert ratios[0] == "1.00x" and len(ratios) == 5, done.stdout
+    assert ratios[0] == "1.00x" and len(ratios) == 7, done.stdout
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True)
     assert b"stopwire-ab-" not in worktrees.stdout  # the base's checkout is removed
