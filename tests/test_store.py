@@ -102,7 +102,27 @@ def test_migrate_creates_the_schema_and_records_each_version(db_path):
 
 def test_migrate_returns_the_number_of_migrations(db_path):
     db = connect(db_path)
-    assert migrations.migrate(db) == len(migrations.MIGRATIONS) == 5
+    assert migrations.migrate(db) == len(migrations.MIGRATIONS) == 6
+
+
+def test_conversations_have_one_index_and_listing_them_reads_it(db_path):
+    """Every turn writes each index of its conversation, so none may be there for nothing:
+    listing an identity's conversations, newest first, page after page, reads the one."""
+    db = connect(db_path)
+    indexes = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'conversations' "
+        "AND sql IS NOT NULL"  # not the primary key's own
+    ).fetchall()
+    assert [r[0] for r in indexes] == ["conversations_by_user"]
+    listed: list[str] = []
+    db.set_trace_callback(listed.append)
+    store._list_conversations(db, USER, 20, None)
+    store._list_conversations(db, USER, 20, ("2026-12-01T00:00:00", "conv_x"))
+    db.set_trace_callback(None)
+    assert len(listed) == 2
+    for query in listed:
+        plan = " ".join(r[-1] for r in db.execute(f"EXPLAIN QUERY PLAN {query}"))
+        assert "USING INDEX conversations_by_user" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_workers_opening_a_new_file_at_once_all_connect(tmp_path):

@@ -91,6 +91,11 @@ MIGRATIONS = [
     );
     CREATE INDEX pending_generations_by_expiry ON pending_generations (expires_at)
     """,
+    # 6: every list of conversations is one identity's (3), read through
+    # conversations_by_user: the index by activity alone went unread, and every turn wrote it
+    """
+    DROP INDEX conversations_by_activity
+    """,
 ]
 
 
