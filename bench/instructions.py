@@ -71,13 +71,15 @@ def control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
 
-def dumped(out_dir: str, pid: int, label: str) -> int:
-    """The instructions in the dump of `pid` made with `label` (`callgrind_control -d`)."""
+def dumped(out_dir: str, pid: int, label: str) -> int | None:
+    """The instructions in the dump of `pid` made with `label` (`callgrind_control -d`);
+    None while callgrind has not written it whole."""
     for path in Path(out_dir).glob(f"callgrind.{pid}.*"):
         text = path.read_text(errors="replace")
         if re.search(rf"^desc: Trigger: dump {re.escape(label)}$", text, re.M):
-            return int(re.search(r"^(?:summary|totals): (\d+)", text, re.M).group(1))
-    raise RuntimeError(f"callgrind wrote no dump {label!r} for {pid}")
+            total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+            return int(total.group(1)) if total else None
+    return None
 
 
 def count(
@@ -111,13 +113,11 @@ def split(totals: list[int], streams: int, tokens: tuple) -> tuple[float, float]
 
 def _await_dump(out_dir: str, pid: int, label: str, timeout: float = 30.0) -> int:
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return dumped(out_dir, pid, label)
-        except (RuntimeError, AttributeError):  # not written yet, or written in part
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    while (total := dumped(out_dir, pid, label)) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"callgrind wrote no dump {label!r} for {pid}")
+        time.sleep(0.2)
+    return total
 
 
 def measure(streams: int, tokens: tuple, base: str | None = None) -> list[Count]:
