@@ -1,9 +1,10 @@
-"""`relay.disconnect`: a client's departure seen from its TCP state, before the tokens of the
-same loop turn, and in the middle of a long turn when its work asks. In process, real loopback
-sockets, gevent's loop."""
+"""`relay.disconnect`: a client's departure seen from epoll's report (or its TCP state), before
+the tokens of the same loop turn, in the middle of a long turn when its work asks, and many at
+once before any of them leaves the set. In process, real loopback sockets, gevent's loop."""
 
 import os
 import socket
+import struct
 import time
 from collections.abc import Iterator
 
@@ -15,13 +16,19 @@ from transport import wait_until
 from flask_stopwire.relay import disconnect
 
 
-@pytest.fixture
-def connection() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(our end, the client's end) of a loopback TCP connection."""
+def loopback_pair() -> tuple[socket.socket, socket.socket]:
+    """(our end, the client's end) of a new loopback TCP connection."""
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
     ours, _ = listener.accept()
     listener.close()
+    return ours, client
+
+
+@pytest.fixture
+def connection() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(our end, the client's end) of a loopback TCP connection."""
+    ours, client = loopback_pair()
     yield ours, client
     ours.close()
     client.close()
@@ -123,3 +130,87 @@ def test_a_socket_closed_before_it_is_watched_is_a_departure(connection) -> None
     wait_until(lambda: gone == ["gone"], timeout=1)
     assert -1 not in disconnect.departures()._watches  # nothing left behind to dispatch
     watch.close()
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_a_departure_is_read_from_epolls_report_without_asking_the_tcp_state(
+    connection, monkeypatch, how
+) -> None:
+    ours, client = connection
+    monkeypatch.setattr(disconnect, "peer_closed", lambda sock: pytest.fail("asked the state"))
+    gone: list[str] = []
+    watch = disconnect.Watch(ours, lambda: gone.append("gone"))
+    if how == "rst":
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    wait_until(lambda: gone == ["gone"], timeout=1)
+    watch.close()
+
+
+class RecordingEpoll:
+    """The departures' real epoll set, recording when a socket is taken out of it."""
+
+    def __init__(self, epoll, order: list[str]):
+        self._epoll = epoll
+        self._order = order
+
+    def __getattr__(self, name: str):
+        return getattr(self._epoll, name)
+
+    def unregister(self, fd: int) -> None:
+        self._order.append(f"out {fd}")
+        self._epoll.unregister(fd)
+
+
+def departed(fd: int, order: list[str]):
+    return lambda: order.append(f"gone {fd}")
+
+
+def test_many_departures_at_once_are_all_served_before_any_leaves_the_set(monkeypatch) -> None:
+    departures = disconnect.departures()
+    order: list[str] = []
+    monkeypatch.setattr(departures, "_epoll", RecordingEpoll(departures._epoll, order))
+    pairs = [loopback_pair() for _ in range(3)]
+    watches = [disconnect.Watch(ours, departed(ours.fileno(), order)) for ours, _ in pairs]
+    try:
+        for _, client in pairs:
+            client.close()
+        time.sleep(0.01)  # all three FINs are in before the set is asked
+        departures.ask()
+        fds = sorted(ours.fileno() for ours, _ in pairs)
+        assert sorted(order[:3]) == [f"gone {fd}" for fd in fds]  # every departure first,
+        assert sorted(order[3:]) == [f"out {fd}" for fd in fds]  # then out of the set
+        assert departures._epoll.poll(0) == []  # nothing left behind to report again
+    finally:
+        for watch in watches:
+            watch.close()
+        for ours, _ in pairs:
+            ours.close()
+
+
+def test_a_departure_whose_handler_fails_leaves_the_others_to_the_next_ask() -> None:
+    departures = disconnect.departures()
+    pairs = [loopback_pair() for _ in range(2)]
+    gone: list[int] = []
+
+    def failing() -> None:
+        gone.append(0)
+        raise RuntimeError("the handler of a departure failed")
+
+    watches = [disconnect.Watch(pairs[0][0], failing)]
+    watches.append(disconnect.Watch(pairs[1][0], lambda: gone.append(1)))
+    try:
+        for _, client in pairs:
+            client.close()
+        time.sleep(0.01)
+        with pytest.raises(RuntimeError):
+            while len(gone) < 2:  # epoll reports them in no set order
+                departures.ask()
+        departures.ask()  # the one the failure cut off, if any
+        assert sorted(gone) == [0, 1]
+        assert departures._epoll.poll(0) == []  # the failed one is out of the set too
+    finally:
+        for watch in watches:
+            watch.close()
+        for ours, _ in pairs:
+            ours.close()
