@@ -16,8 +16,9 @@ millisecond (`Departures.ask_if_due`), so a client that leaves then is not kept 
 the next poll, nor its provider for our FIN: with many clients leaving at once, each
 departure seen would otherwise hold the next ones up by a whole turn of work. When
 many leave at once, every departure asked about is served (its provider hears our FIN)
-before any socket is taken out of the set: each removal is a syscall the next
-provider's FIN need not wait behind.
+before any socket is taken out of the set (each removal is a syscall the next
+provider's FIN need not wait behind), and before what a handler leaves for after
+(`Departures.after_serving`).
 """
 
 import contextlib
@@ -131,6 +132,9 @@ class Departures:
         self._epoll = _epoll()
         self._watches: dict[int, Watch] = {}
         self._asked_at = 0.0
+        self.serving = False  # in `ask`, serving the departures it found
+        # Set while serving: what a departure's handler leaves until every one was served.
+        self.after_serving: Callable[[], object] | None = None
         # Before the tokens of the same loop turn: a departure stops a provider.
         self._io = self.loop.io(self._epoll.fileno(), 1, priority=_FIRST)  # 1: readable
         self._io.start(self.ask)
@@ -154,6 +158,7 @@ class Departures:
         first, then their sockets out of the set."""
         self._asked_at = time.perf_counter()
         left: list[int] = []
+        self.serving = True
         try:
             for fd, events in self._epoll.poll(0):
                 watch = self._watches.get(fd)
@@ -166,8 +171,12 @@ class Departures:
                 else:
                     watch.readable()
         finally:
+            self.serving = False
             for fd in left:
                 self._unregister(fd)
+            then, self.after_serving = self.after_serving, None
+            if then is not None:
+                then()
 
     def _unregister(self, fd: int) -> None:
         if fd in self._watches:

@@ -11,18 +11,9 @@ from collections.abc import Iterator
 import gevent
 import pytest
 from gevent.hub import get_hub
-from transport import wait_until
+from transport import loopback_pair, wait_until
 
 from flask_stopwire.relay import disconnect
-
-
-def loopback_pair() -> tuple[socket.socket, socket.socket]:
-    """(our end, the client's end) of a new loopback TCP connection."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
-    ours, _ = listener.accept()
-    listener.close()
-    return ours, client
 
 
 @pytest.fixture

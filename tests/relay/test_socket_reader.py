@@ -29,7 +29,7 @@ import gevent.event
 import pytest
 import requests
 import trustme
-from transport import wait_until
+from transport import loopback_pair, wait_until
 
 from flask_stopwire.providers import make_provider
 from flask_stopwire.providers.base import Message
@@ -310,7 +310,8 @@ def test_a_stop_steps_aside_once_the_provider_has_its_fin(
 def test_stops_in_one_loop_turn_step_aside_once(
     serve: Serve, make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A mass disconnect yields once, at its first FIN: the others never wait behind it."""
+    """Stops asked for in one loop turn yield once, at the first FIN: the others never wait
+    behind it."""
     providers = [serve(), serve()]
     generations = [make(provider) for provider in providers]
     streams = [streaming(g, p) for g, p in zip(generations, providers, strict=True)]
@@ -321,6 +322,43 @@ def test_stops_in_one_loop_turn_step_aside_once(
         generation.stop("user_stop")
     assert all([e.kind for e in events] == ["done"] for events in streams)
     assert len(turns) == 1
+
+
+def test_clients_leaving_at_once_step_aside_once_every_provider_has_its_fin(
+    serve: Serve, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mass disconnect yields once its departures were all served: a yield at the first
+    FIN let the providers it woke take the CPU while the others' FINs waited."""
+    providers = [serve(), serve()]
+    generations = [make(provider) for provider in providers]
+    pairs = [loopback_pair() for _ in providers]
+    streams = []
+    for generation, provider, (ours, _) in zip(generations, providers, pairs, strict=True):
+        streams.append(generation.events(client_sock=ours))
+        assert next_event(streams[-1]).kind == "meta"
+        provider.send(chunk("one"))
+        assert next_event(streams[-1]) == RelayEvent("token", "one")
+    socks = [g._response.raw.connection.sock for g in generations]  # type: ignore[union-attr]
+    seen = []
+
+    def step_aside() -> None:
+        states = [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] for s in socks]
+        seen.append([state != _ESTABLISHED for state in states])
+
+    monkeypatch.setattr(os, "sched_yield", step_aside)
+    monkeypatch.setattr(generation_module, "_stepped_aside_in_turn", -1)  # a turn of its own
+    try:
+        for _, client in pairs:
+            client.close()
+        time.sleep(0.01)  # both departures are in before the loop asks
+        disconnect.departures().ask()
+        assert seen == [[True, True]]  # once, with both FINs sent
+        assert all(g.outcome.reason == "client_disconnect" for g in generations)  # type: ignore[union-attr]
+    finally:
+        for events in streams:
+            events.close()
+        for ours, _ in pairs:
+            ours.close()
 
 
 class Peer:

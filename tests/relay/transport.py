@@ -8,6 +8,7 @@ sees when the relay shut the socket down and when it closed the body.
 """
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -52,6 +53,15 @@ def wait_until(condition: Callable[[], object], timeout: float = 2.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s: {condition}")
         gevent.sleep(0.001)
+
+
+def loopback_pair() -> tuple[socket.socket, socket.socket]:
+    """(our end, the client's end) of a new loopback TCP connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    listener.close()
+    return ours, client
 
 
 class FakeSocket:
