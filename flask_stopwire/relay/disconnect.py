@@ -154,13 +154,18 @@ class Departures:
         self._unregister(watch.fd)
 
     def ask(self) -> None:
-        """Serve every departure the kernel has for us now (from the loop): all of them
-        first, then their sockets out of the set."""
+        """Serve every departure the kernel has for us now (from the loop)."""
         self._asked_at = time.perf_counter()
+        reported = self._epoll.poll(0)
+        if reported:  # mostly not: the reader asks before each token it reads
+            self._serve(reported)
+
+    def _serve(self, reported: list[tuple[int, int]]) -> None:
+        """All the departures first, then their sockets out of the set."""
         left: list[int] = []
         self.serving = True
         try:
-            for fd, events in self._epoll.poll(0):
+            for fd, events in reported:
                 watch = self._watches.get(fd)
                 if watch is None:
                     continue
