@@ -2,11 +2,11 @@
 
 gunicorn does not read the client socket while a response streams, so on its own
 a closed tab is noticed only when a write fails: one or two tokens late, and not
-at all while the provider is silent. `Watch` waits for epoll to report the socket:
-with the readiness it says whether the client sent its FIN (EPOLLRDHUP) or its RST
-(EPOLLHUP, EPOLLERR), from the TCP layer, so it works under TLS too, where a peek
-would see ciphertext. Unread pipelined bytes alone make the socket readable while
-the client stays: then we poll the kernel's TCP state until it leaves ESTABLISHED.
+at all while the provider is silent. `Watch` has epoll report the client's end of
+the socket and nothing else: its FIN (EPOLLRDHUP), its RST or a socket the kernel
+gave up on (EPOLLHUP, EPOLLERR). That comes from the transport layer, so it works
+under TLS too, where a peek would see ciphertext; and bytes the client sends while
+it stays (a pipelined next request) wake nobody.
 
 Every watched socket of a worker sits in one epoll set of its own (`Departures`), not a
 greenlet each: a greenlet's saved stack is most of what a stream costs in memory. The
@@ -16,12 +16,13 @@ millisecond (`Departures.ask_if_due`), so a client that leaves then is not kept 
 the next poll, nor its provider for our FIN: with many clients leaving at once, each
 departure seen would otherwise hold the next ones up by a whole turn of work. When
 many leave at once, every departure asked about is served (its provider hears our FIN)
-before any socket is taken out of the set (each removal is a syscall the next
-provider's FIN need not wait behind), and before what a handler leaves for after
-(`Departures.after_serving`).
+before what a handler leaves for after (`Departures.after_serving`) and before any
+socket is taken out of the set: each removal is a syscall the next provider's FIN need
+not wait behind.
 """
 
 import contextlib
+import logging
 import select
 import socket
 import time
@@ -32,12 +33,13 @@ from typing import Any
 from gevent.hub import Hub, get_hub
 from gevent.monkey import get_original
 
+log = logging.getLogger(__name__)
+
 _TCP_ESTABLISHED = 1
-_POLL_S = 0.05
 _FIRST = 1  # a libev priority above the default (0) of the provider sockets' watchers
 _MID_TURN_S = 0.001  # how often a long loop turn asks for departures
-_WATCHED = select.EPOLLIN | select.EPOLLRDHUP
-_GONE = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR  # its FIN, its RST, a failure
+# Its FIN; epoll always reports EPOLLHUP and EPOLLERR besides. No EPOLLIN: bytes are no departure.
+_WATCHED = select.EPOLLRDHUP
 # The worker patches `select`, taking epoll away; ours never blocks (it polls with timeout 0).
 _epoll = get_original("select", "epoll")
 
@@ -62,7 +64,7 @@ def give_up_after(sock: socket.socket, seconds: float) -> None:
 
     A client whose network vanished sends neither FIN nor RST: without this the kernel
     retransmits our heartbeats for about 15 minutes before it gives up. With it, the
-    socket fails after `seconds`, and the watcher sees the TCP state leave ESTABLISHED.
+    socket fails after `seconds`, and epoll reports it to the watcher.
     """
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(seconds * 1000)))
@@ -71,9 +73,9 @@ def give_up_after(sock: socket.socket, seconds: float) -> None:
 def watch(client: Any, on_gone: Callable[[], object], give_up_s: float | None = None) -> Any:
     """Watch `client` for its departure; `close()` what this returns when done.
 
-    `client` is a socket (its TCP state, `Watch`; with `give_up_s`, `give_up_after` too),
-    or anything with a `watch(on_gone)` of its own: a WebSocket's handler knows when its
-    socket closed before the kernel's state says so.
+    `client` is a socket (epoll's report of its end, `Watch`; with `give_up_s`,
+    `give_up_after` too), or anything with a `watch(on_gone)` of its own: a WebSocket's
+    handler knows when its socket closed before epoll says so.
     """
     if hasattr(client, "watch"):
         return client.watch(on_gone)
@@ -105,23 +107,10 @@ class Watch:
             self._timer.close()
             self._timer = None
 
-    def readable(self) -> None:
-        """From the loop: the client sent bytes, and epoll saw no FIN or RST with them."""
-        self._departures.remove(self)
-        if peer_closed(self._sock):  # it left since
-            self.gone()
-        else:  # pipelined bytes of a next request: poll the state
-            self._timer = self._departures.loop.timer(_POLL_S, _POLL_S)
-            self._timer.start(self._poll)
-
     def gone(self) -> None:
         """The client left: stop watching, tell `on_gone`."""
         self.close()
         self._on_gone()
-
-    def _poll(self) -> None:
-        if peer_closed(self._sock):
-            self.gone()
 
 
 class Departures:
@@ -133,7 +122,7 @@ class Departures:
         self._watches: dict[int, Watch] = {}
         self._asked_at = 0.0
         self.serving = False  # in `ask`, serving the departures it found
-        # Set while serving: what a departure's handler leaves until every one was served.
+        # What a departure's handler leaves until every one was served (`after_departures`).
         self.after_serving: Callable[[], object] | None = None
         # Before the tokens of the same loop turn: a departure stops a provider.
         self._io = self.loop.io(self._epoll.fileno(), 1, priority=_FIRST)  # 1: readable
@@ -161,27 +150,28 @@ class Departures:
             self._serve(reported)
 
     def _serve(self, reported: list[tuple[int, int]]) -> None:
-        """All the departures first, then their sockets out of the set."""
+        """Every departure reported, then what their handlers left for after, then their
+        sockets out of the set. A handler that fails is logged: the others are served,
+        and the loop goes on watching (a watcher whose callback raises is stopped)."""
         left: list[int] = []
         self.serving = True
         try:
-            for fd, events in reported:
-                watch = self._watches.get(fd)
+            for fd, _ in reported:
+                left.append(fd)  # watched or not (then nobody's): out of the set after
+                watch = self._watches.pop(fd, None)  # its `close()` leaves the set to us
                 if watch is None:
                     continue
-                if events & _GONE:
-                    del self._watches[fd]  # its `close()` leaves the set to us
-                    left.append(fd)
+                try:
                     watch.gone()
-                else:
-                    watch.readable()
+                except Exception:
+                    log.exception("the handler of a departed client failed")
         finally:
             self.serving = False
-            for fd in left:
-                self._unregister(fd)
             then, self.after_serving = self.after_serving, None
             if then is not None:
                 then()
+            for fd in left:
+                self._unregister(fd)
 
     def _unregister(self, fd: int) -> None:
         if fd in self._watches:
@@ -207,6 +197,17 @@ def departures() -> Departures:
     if found is None:
         found = _departures[hub] = Departures(hub)
     return found
+
+
+def after_departures(then: Callable[[], object]) -> bool:
+    """Have `then` run once every departure this thread's loop is serving now was served
+    (in place of what an earlier handler of the batch asked for: the same); False, and
+    nothing done, when it serves none."""
+    found = _departures.get(get_hub())
+    if found is None or not found.serving:
+        return False
+    found.after_serving = then
+    return True
 
 
 def notice_departures() -> None:

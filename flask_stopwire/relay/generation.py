@@ -136,19 +136,17 @@ class Viewer:
 _stepped_aside_in_turn = -1  # the loop turn that last yielded (one hub per worker)
 
 
-def step_aside(departures: disconnect.Departures | None) -> None:
+def step_aside() -> None:
     """Yield the CPU, right after our FIN to a provider on this host (loopback).
 
     The FIN wakes the provider's process, and Linux tends to queue it on the waking CPU,
     ours, behind what we do next (recording the end: milliseconds), so a local model
     server would hear of the stop late (a remote one has the FIN already: no yield).
     Many stops in one loop turn yield once, so later FINs never wait behind a CPU-bound
-    neighbour: clients leaving at once (a mass disconnect) once the `departures` being
+    neighbour: clients leaving at once (a mass disconnect) once the departures being
     served have all sent theirs, other stops at the first.
     """
-    if departures is not None and departures.serving:
-        departures.after_serving = _yield_once_in_turn
-    else:
+    if not disconnect.after_departures(_yield_once_in_turn):
         _yield_once_in_turn()
 
 
@@ -556,7 +554,7 @@ class Generation:
             return True  # already closed: the pump is ending
         self.closed_at = time.monotonic()
         if self._provider_on_this_host:
-            step_aside(self._departures)
+            step_aside()
         return True
 
     def _provider_socket(self) -> socket.socket | None:

@@ -29,7 +29,7 @@ import gevent.event
 import pytest
 import requests
 import trustme
-from transport import loopback_pair, wait_until
+from transport import loopback_pair, reported, wait_until
 
 from flask_stopwire.providers import make_provider
 from flask_stopwire.providers.base import Message
@@ -350,8 +350,9 @@ def test_clients_leaving_at_once_step_aside_once_every_provider_has_its_fin(
     try:
         for _, client in pairs:
             client.close()
-        time.sleep(0.01)  # both departures are in before the loop asks
-        disconnect.departures().ask()
+        departures = disconnect.departures()
+        reported(departures, 2)
+        departures.ask()
         assert seen == [[True, True]]  # once, with both FINs sent
         assert all(g.outcome.reason == "client_disconnect" for g in generations)  # type: ignore[union-attr]
     finally:

@@ -21,6 +21,7 @@ from greenlet import GreenletExit
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
+from flask_stopwire.relay.disconnect import Departures
 from flask_stopwire.relay.generation import Generation
 
 DONE = b"data: [DONE]\n\n"
@@ -62,6 +63,15 @@ def loopback_pair() -> tuple[socket.socket, socket.socket]:
     ours, _ = listener.accept()
     listener.close()
     return ours, client
+
+
+def reported(departures: Departures, count: int) -> None:
+    """Block (the loop does not run) until the departures' epoll set reports `count`
+    sockets: one ask then finds them all."""
+    deadline = time.monotonic() + 2
+    while len(departures._epoll.poll(0)) < count:
+        assert time.monotonic() < deadline, f"the set never reported {count} sockets"
+        time.sleep(0.001)
 
 
 class FakeSocket:
