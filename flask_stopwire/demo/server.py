@@ -21,10 +21,10 @@ from gevent.hub import Waiter, get_hub
 from gevent.server import StreamServer
 
 from flask_stopwire.demo import script as scripts
-from flask_stopwire.relay.disconnect import peer_closed
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 4 * 1024 * 1024  # a bigger request is refused (413), never read into memory
+_TCP_ESTABLISHED = 1  # TCP_INFO's state: no FIN or RST yet
 RECORDS_KEPT = 1000  # the newest streams' records; older ones are forgotten
 KEEPALIVE_S = 75.0
 # The parts of a completion request that are not sampling options, which it records.
@@ -258,7 +258,7 @@ class Answer:
             self._readable.stop()
 
     def _check_client(self) -> None:
-        if peer_closed(self.sock):
+        if _peer_closed(self.sock):
             self.record.client_closed_at = time.monotonic()
             raise ClientGone
 
@@ -282,6 +282,21 @@ def serve(
     server = StreamServer((host, port), demo.handle, backlog=2048)
     server.start()
     return server
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True once the peer has sent FIN or RST, or the socket is unusable.
+
+    Never blocks on TCP. On other sockets (unix) it peeks, so call it only when
+    the socket is readable.
+    """
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+            return state != _TCP_ESTABLISHED
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _read_request(reader) -> Request | None:

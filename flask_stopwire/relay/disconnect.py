@@ -35,28 +35,12 @@ from gevent.monkey import get_original
 
 log = logging.getLogger(__name__)
 
-_TCP_ESTABLISHED = 1
 _FIRST = 1  # a libev priority above the default (0) of the provider sockets' watchers
 _MID_TURN_S = 0.001  # how often a long loop turn asks for departures
 # Its FIN; epoll always reports EPOLLHUP and EPOLLERR besides. No EPOLLIN: bytes are no departure.
 _WATCHED = select.EPOLLRDHUP
 # The worker patches `select`, taking epoll away; ours never blocks (it polls with timeout 0).
 _epoll = get_original("select", "epoll")
-
-
-def peer_closed(sock: socket.socket) -> bool:
-    """True once the peer has sent FIN or RST, or the socket is unusable.
-
-    Never blocks on TCP. On other sockets (unix) it peeks, so call it only when
-    the socket is readable.
-    """
-    try:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-            return state != _TCP_ESTABLISHED
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:
-        return True
 
 
 def give_up_after(sock: socket.socket, seconds: float) -> None:
