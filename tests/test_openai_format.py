@@ -137,8 +137,20 @@ def test_whole_completion_and_error_statuses():
     assert fmt.relay_error_status({"type": "provider_auth"}) == 502
 
 
+EVERY_CHARACTER = "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
+
+
 @pytest.mark.parametrize(
-    "text", ["Hello", "", 'quote " and \\ back', "line\nbreak", "héllo ✓ 🙂", "lone \ud83d half"]
+    "text",
+    [
+        "Hello",
+        "",
+        'quote " and \\ back',
+        "line\nbreak",
+        "héllo ✓ 🙂",
+        "lone \ud83d half",
+        EVERY_CHARACTER,
+    ],
 )
 def test_a_token_chunk_is_the_chunk_encoded_whole(text):
     """The per-token shortcut encodes exactly what encoding the whole chunk would."""

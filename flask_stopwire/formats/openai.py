@@ -5,6 +5,8 @@ import time
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
+import orjson
+
 from flask_stopwire.formats.sse import KEEPALIVE, compact_json
 
 DONE = b"data: [DONE]\n\n"
@@ -38,12 +40,17 @@ class Completion:
         self.created = int(time.time())
         # A token's chunk around its text, encoded once: only the text is encoded per token.
         head, tail = compact_json(self.chunk({"content": ""})).split('"content":""')
-        self._token_head, self._token_tail = f'data: {head}"content":', f"{tail}\n\n"
+        self._token_head = f'data: {head}"content":'.encode("utf-8", "replace")
+        self._token_tail = f"{tail}\n\n".encode("utf-8", "replace")
 
     def token(self, text: str) -> bytes:
-        """`data: <chunk({"content": text})>`, as `_data` would encode it."""
-        line = self._token_head + compact_json(text) + self._token_tail
-        return line.encode("utf-8", "replace")
+        """`data: <chunk({"content": text})>`, as `_data` would encode it. orjson writes the
+        same JSON bytes for every character but a lone surrogate, which it refuses and
+        `_data` replaces (as `sse.token_frame`)."""
+        try:
+            return self._token_head + orjson.dumps(text) + self._token_tail
+        except orjson.JSONEncodeError:
+            return _data(self.chunk({"content": text}))
 
     def chunk(self, delta: dict, finish_reason: str | None = None) -> dict[str, Any]:
         return {
