@@ -22,6 +22,11 @@ The budget of `STARTS` is gevent's own switch interval, the time it lets callbac
 before it checks the clock; a smaller one kept tokens waiting less but started new chats
 later (docs/token-path-profile.md). `ENDS` gets a fifth of it: nobody waits for that
 bookkeeping, and a stop not yet seen waits behind it.
+
+A saturated worker's turns are long: its streams' tokens take tens of milliseconds a
+turn. There `STARTS` gets as long as the rest of the turn took, so the worker splits its
+time evenly between the answers streaming and the new chats: with 5 ms a turn, a burst's
+last new chats waited seconds for their first token (fourteenth session).
 """
 
 import time
@@ -34,6 +39,8 @@ from flask_stopwire.relay.disconnect import notice_departures
 
 STARTS = 0.005  # a lane is named by its budget: seconds of each loop turn
 ENDS = 0.001
+# ... or, in a long turn, this share of the time the rest of the turn took
+_SHARE_OF_A_LONG_TURN = {STARTS: 1.0, ENDS: 0.0}
 _LAST = -2  # libev's lowest priority: after every socket and timer of the turn
 
 
@@ -42,6 +49,8 @@ class Lane:
 
     def __init__(self, hub: Hub, budget_s: float):  # holds no reference to `hub`
         self._budget_s = budget_s
+        self._share = _SHARE_OF_A_LONG_TURN.get(budget_s, 0.0)
+        self._rest_began = 0.0  # when the rest of the turn began: this lane's last let-go
         self._waiting: deque[Waiter] = deque()
         self._check = hub.loop.check(priority=_LAST)
         self._awake = hub.loop.idle(priority=_LAST)
@@ -55,17 +64,21 @@ class Lane:
         """Switch to `waiter` in its turn (a sleeping greenlet's, or our own)."""
         self._waiting.append(waiter)
         if not self._check.active:
+            self._rest_began = time.perf_counter()
             self._check.start(self._let_go)
             self._awake.start(_nothing)
 
     def _let_go(self) -> None:
-        """One waiting piece of work at least, then more until this turn spent the budget."""
-        until = time.perf_counter() + self._budget_s
+        """One waiting piece of work at least, then more until this turn spent the budget
+        (or, in a long turn, the lane's share of the rest of the turn)."""
+        now = time.perf_counter()
+        until = now + max(self._budget_s, self._share * (now - self._rest_began))
         while self._waiting:
             self._waiting.popleft().switch(None)  # back here once that work waits on I/O
             notice_departures()  # a client that left meanwhile is not kept waiting
             if time.perf_counter() > until:
                 break
+        self._rest_began = time.perf_counter()
         if not self._waiting:
             self._check.stop()
             self._awake.stop()

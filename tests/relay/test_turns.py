@@ -29,6 +29,36 @@ def turns() -> Iterator[list[str]]:
     b.close()
 
 
+@pytest.fixture
+def long_turns() -> Iterator[list[str]]:
+    """As `turns`, but each turn's socket work takes 30 ms, as on a saturated worker."""
+    order: list[str] = []
+    a, b = socket.socketpair()
+    b.send(b"x")
+
+    def serve() -> None:
+        order.append("turn")
+        until = time.perf_counter() + 0.03
+        while time.perf_counter() < until:
+            pass
+
+    io = get_hub().loop.io(a.fileno(), 1)
+    io.start(serve)
+    yield order
+    io.close()
+    a.close()
+    b.close()
+
+
+def longest_run(order: list[str]) -> int:
+    """The most works in one turn."""
+    runs, run = [0], 0
+    for name in order:
+        run = 0 if name == "turn" else run + 1
+        runs.append(run)
+    return max(runs)
+
+
 def start(
     order: list[str], name: str, busy_s: float = 0.0, lane: float = STARTS
 ) -> gevent.Greenlet:
@@ -56,15 +86,27 @@ def test_a_turn_lets_a_lane_go_for_about_its_budget_then_serves_the_sockets_agai
 ) -> None:
     starts = [start(turns, f"start {i}", busy_s=0.6 * lane, lane=lane) for i in range(10)]
     gevent.joinall(starts, timeout=5)
-    order = list(turns)
-    names = [name for name in order if name != "turn"]
+    names = [name for name in turns if name != "turn"]
     assert names == [f"start {i}" for i in range(10)]  # all of them, in order
-    runs, run = [], 0
-    for name in order:
-        run = 0 if name == "turn" else run + 1
-        runs.append(run)
     # Two fit in a turn's budget; a slow machine may fit fewer, never more than three.
-    assert 1 <= max(runs) <= 3, order
+    assert 1 <= longest_run(turns) <= 3, turns
+
+
+def test_in_a_long_turn_starts_get_as_long_as_the_rest_of_the_turn_took(
+    long_turns: list[str],
+) -> None:
+    # 3 ms each: 5 ms a turn would let two go; half of a 30 ms turn and more lets about ten.
+    starts = [start(long_turns, f"start {i}", busy_s=0.003) for i in range(20)]
+    gevent.joinall(starts, timeout=10)
+    assert [n for n in long_turns if n != "turn"] == [f"start {i}" for i in range(20)]
+    assert longest_run(long_turns) >= 6, long_turns
+
+
+def test_in_a_long_turn_ends_still_get_their_budget_alone(long_turns: list[str]) -> None:
+    ends = [start(long_turns, f"end {i}", busy_s=0.6 * ENDS, lane=ENDS) for i in range(10)]
+    gevent.joinall(ends, timeout=10)
+    assert [n for n in long_turns if n != "turn"] == [f"end {i}" for i in range(10)]
+    assert 1 <= longest_run(long_turns) <= 3, long_turns
 
 
 def test_a_start_killed_while_it_waits_does_not_hold_up_the_others() -> None:
