@@ -24,9 +24,12 @@ later (docs/token-path-profile.md). `ENDS` gets a fifth of it: nobody waits for 
 bookkeeping, and a stop not yet seen waits behind it.
 
 A saturated worker's turns are long: its streams' tokens take tens of milliseconds a
-turn. There `STARTS` gets as long as the rest of the turn took, so the worker splits its
-time evenly between the answers streaming and the new chats: with 5 ms a turn, a burst's
-last new chats waited seconds for their first token (fourteenth session).
+turn. There `STARTS` gets as long as the rest of the turn took of the worker's CPU (the
+tokens, the stops, whatever else ran), up to 20 ms: with 5 ms a turn, a burst's last new
+chats waited seconds for their first token (docs/token-path-profile.md, fourteenth
+session). CPU time, not the clock's: time the machine took from the worker is no reason
+to hold the tokens longer. The cap bounds what the starts' own follow-on work, counted
+in the rest, could make of the next turn.
 """
 
 import time
@@ -39,18 +42,17 @@ from flask_stopwire.relay.disconnect import notice_departures
 
 STARTS = 0.005  # a lane is named by its budget: seconds of each loop turn
 ENDS = 0.001
-# ... or, in a long turn, this share of the time the rest of the turn took
-_SHARE_OF_A_LONG_TURN = {STARTS: 1.0, ENDS: 0.0}
+_LONGEST_START_TURN = 0.02  # STARTS in a long turn: the rest's CPU time, up to this
 _LAST = -2  # libev's lowest priority: after every socket and timer of the turn
 
 
 class Lane:
     """One event loop's queue of one kind of work."""
 
-    def __init__(self, hub: Hub, budget_s: float):  # holds no reference to `hub`
+    def __init__(self, hub: Hub, budget_s: float, longest_s: float):  # holds no `hub`
         self._budget_s = budget_s
-        self._share = _SHARE_OF_A_LONG_TURN.get(budget_s, 0.0)
-        self._rest_began = 0.0  # when the rest of the turn began: this lane's last let-go
+        self._longest_s = longest_s  # in a long turn, up to this (`budget_s`: none longer)
+        self._rest_began = 0.0  # the thread's CPU time at this lane's last let-go
         self._waiting: deque[Waiter] = deque()
         self._check = hub.loop.check(priority=_LAST)
         self._awake = hub.loop.idle(priority=_LAST)
@@ -64,21 +66,21 @@ class Lane:
         """Switch to `waiter` in its turn (a sleeping greenlet's, or our own)."""
         self._waiting.append(waiter)
         if not self._check.active:
-            self._rest_began = time.perf_counter()
+            self._rest_began = time.thread_time()
             self._check.start(self._let_go)
             self._awake.start(_nothing)
 
     def _let_go(self) -> None:
         """One waiting piece of work at least, then more until this turn spent the budget
-        (or, in a long turn, the lane's share of the rest of the turn)."""
-        now = time.perf_counter()
-        until = now + max(self._budget_s, self._share * (now - self._rest_began))
+        (in a long turn, as long as the rest of it took, up to the lane's longest)."""
+        rest_s = time.thread_time() - self._rest_began
+        until = time.perf_counter() + min(self._longest_s, max(self._budget_s, rest_s))
         while self._waiting:
             self._waiting.popleft().switch(None)  # back here once that work waits on I/O
             notice_departures()  # a client that left meanwhile is not kept waiting
             if time.perf_counter() > until:
                 break
-        self._rest_began = time.perf_counter()
+        self._rest_began = time.thread_time()
         if not self._waiting:
             self._check.stop()
             self._awake.stop()
@@ -98,7 +100,8 @@ def _lane(budget_s: float) -> Lane:
         lanes = _lanes[hub] = {}
     lane = lanes.get(budget_s)
     if lane is None:
-        lane = lanes[budget_s] = Lane(hub, budget_s)
+        longest_s = _LONGEST_START_TURN if budget_s == STARTS else budget_s
+        lane = lanes[budget_s] = Lane(hub, budget_s, longest_s)
     return lane
 
 
