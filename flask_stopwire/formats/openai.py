@@ -5,9 +5,7 @@ import time
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
-import orjson
-
-from flask_stopwire.formats.sse import KEEPALIVE, compact_json
+from flask_stopwire.formats.sse import KEEPALIVE, compact_json, json_string
 
 DONE = b"data: [DONE]\n\n"
 
@@ -44,13 +42,8 @@ class Completion:
         self._token_tail = f"{tail}\n\n".encode("utf-8", "replace")
 
     def token(self, text: str) -> bytes:
-        """`data: <chunk({"content": text})>`, as `_data` would encode it. orjson writes the
-        same JSON bytes for every character but a lone surrogate, which it refuses and
-        `_data` replaces (as `sse.token_frame`)."""
-        try:
-            return self._token_head + orjson.dumps(text) + self._token_tail
-        except orjson.JSONEncodeError:
-            return _data(self.chunk({"content": text}))
+        """`data: <chunk({"content": text})>`, as `_data` would encode it."""
+        return self._token_head + json_string(text) + self._token_tail
 
     def chunk(self, delta: dict, finish_reason: str | None = None) -> dict[str, Any]:
         return {

@@ -32,15 +32,19 @@ def frame(event: str, data: Any, event_id: int | str | None = None) -> bytes:
     return f"{head}\ndata: {compact_json(data)}\n\n".encode("utf-8", "replace")
 
 
-def token_frame(text: str, event_id: int) -> bytes:
-    """`frame("token", {"text": text}, event_id)`, without building the dict: every token
-    pays this. orjson writes the same JSON bytes for every character but a lone surrogate,
-    which it refuses and `frame` replaces."""
+def json_string(text: str) -> bytes:
+    """`text` as a JSON string in UTF-8, the bytes `frame` writes for it: every token pays
+    this. orjson writes the same bytes for every character but a lone surrogate, which it
+    refuses; the standard library writes that one, and UTF-8 replaces it as in `frame`."""
     try:
-        data = orjson.dumps(text)
+        return orjson.dumps(text)
     except orjson.JSONEncodeError:
-        return frame("token", {"text": text}, event_id)
-    return b'id: %d\nevent: token\ndata: {"text":%b}\n\n' % (event_id, data)
+        return compact_json(text).encode("utf-8", "replace")
+
+
+def token_frame(text: str, event_id: int) -> bytes:
+    """`frame("token", {"text": text}, event_id)`, without building the dict."""
+    return b'id: %d\nevent: token\ndata: {"text":%b}\n\n' % (event_id, json_string(text))
 
 
 def encode(
