@@ -165,3 +165,23 @@ def test_token_frame_is_the_token_event_frame():
     every_character = "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
     for text in ("Hello", 'a "quoted"\nline', "café ☕", "a\ud83db", every_character):
         assert token_frame(text, 9) == frame("token", {"text": text}, 9)
+
+
+def test_event_data_of_one_event_a_chunk_is_what_sseclient_reads():
+    """One event a chunk, the usual read, has a shortcut: it must read as the loop reads."""
+    pieces = [
+        b"data: plain\n\n",
+        b"data:  two spaces\n\n",
+        b"data: \n\n",
+        b"data: a\xffb\n\n",
+        b"data: cr\rinside\n\n",
+        b"data: crlf\r\n\r\n",
+        b"data: two\ndata: lines\n\n",
+        b"data: first\n",  # an event's first line, then a whole-looking one that ends it
+        b"data: second\n\n",
+        b"data:nospace\n\n",
+        b"datax: ignored\n\n",
+        b"data: last\n\n",
+    ]
+    assert _data(*pieces) == [event.data for event in events(iter(pieces))]
+    assert _data(*pieces[:4]) == ["plain", " two spaces", "", "a\ufffdb"]

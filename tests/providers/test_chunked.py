@@ -108,3 +108,28 @@ def test_nothing_ready_is_passed_on_and_the_payload_still_whole():
         out = list(_dechunked(source, lambda _size, reads=reads: next(reads, b""), source.release))  # type: ignore[arg-type]
         assert b"".join(p for p in out if p is not None) == b"".join(PAYLOADS), pieces
         assert out.count(None) == script.count(None) and source.closed
+
+
+def test_reads_of_one_whole_chunk_each_are_read_as_the_loop_reads_them():
+    """The usual read, one chunk (one event), has a shortcut: whatever its size line, each
+    such read gives its payload, and the end of the body is read as before."""
+    payload = b"data: one\n\n"  # 0xb bytes
+    sizes = [b"b", b"B", b"000b", b"b;name=value", b"b ", b" b"]
+    source = Source([])
+    reads = iter([b"%s\r\n%s\r\n" % (size, payload) for size in sizes] + [b"0\r\n\r\n"])
+    out = list(_dechunked(source, lambda _size: next(reads, b""), source.release))  # type: ignore[arg-type]
+    assert out == [payload] * len(sizes)
+    assert source.closed and source.released
+
+
+@pytest.mark.parametrize(
+    "piece",
+    [
+        *(size + b"\r\nhello\r\n" for size in [b"zz", b"-5", b"+5", b"5_0", b"", b"1" * 17]),
+        b"5\r\nhelloXY",  # no CRLF after the payload
+        b"4\r\nhello\r\n",  # a size that is not the payload's
+    ],
+)
+def test_a_malformed_chunk_read_whole_is_a_disconnect(piece):
+    with pytest.raises(ProviderDisconnected):
+        read([piece, b"0\r\n\r\n"])
