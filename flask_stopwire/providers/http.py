@@ -72,7 +72,7 @@ def open_stream(
         url=call.url,
         headers=headers,
         json=call.json,
-        params=session.params,
+        params=session.params or None,  # {}: two runtime Protocol checks in requests, per call
         auth=session.auth,
         cookies=session.cookies,
         hooks=session.hooks,

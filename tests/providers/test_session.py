@@ -132,3 +132,18 @@ def test_a_call_goes_out_with_the_sessions_settings_and_its_own_headers(
     assert "Cookie" not in headers
     assert "X-Unset" not in headers
     assert second["headers"]["Cookie"] == "affinity=node-7"
+
+
+def test_the_sessions_query_parameters_go_out_with_a_call(
+    recorder: tuple[str, list[dict]],
+) -> None:
+    url, seen = recorder
+    session = new_session(4, url)
+    call = ProviderCall(f"{url}/chat/completions", {"model": "m"}, {})
+    open_stream(session, call, (5, 5)).close()
+    session.params["api-version"] = "2024-10-21"
+    open_stream(session, call, (5, 5)).close()
+    assert [request["target"] for request in seen] == [
+        "/chat/completions",
+        "/chat/completions?api-version=2024-10-21",
+    ]
