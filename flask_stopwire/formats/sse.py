@@ -109,7 +109,8 @@ def event_data(chunks: Iterable[bytes | None]) -> Iterator[str | None]:
     fields are skipped; an event without data is not dispatched; an event the body
     ends in the middle of is dropped; invalid UTF-8 becomes U+FFFD. It works on bytes
     (no line-ending byte occurs inside a UTF-8 character) and splits a whole chunk at
-    once, where `events()` decodes and re-encodes each chunk and matches each line.
+    once, where `events()` decodes and re-encodes each chunk and matches each line. The
+    usual chunk, one event of one `data: ` line, is not split at all (`_one_data_line`).
     """
     rest = b""  # an unfinished line; a CR at its end may be the first half of a CRLF
     data: list[bytes] = []

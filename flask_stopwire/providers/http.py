@@ -253,7 +253,7 @@ def _dechunked(
             yield data[:left]
             data = data[left:]
             left = 0
-        elif not buffer:
+        elif not buffer:  # this read starts a chunk, and nothing is held from before
             payload = _whole_chunk(data)
             if payload is not None:  # the usual read: one event, one chunk
                 yield payload

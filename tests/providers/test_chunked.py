@@ -111,8 +111,9 @@ def test_nothing_ready_is_passed_on_and_the_payload_still_whole():
 
 
 def test_reads_of_one_whole_chunk_each_are_read_as_the_loop_reads_them():
-    """The usual read, one chunk (one event), has a shortcut: whatever its size line, each
-    such read gives its payload, and the end of the body is read as before."""
+    """The usual read, one chunk (one event), has a shortcut when its size line is bare
+    hex (the first three forms); the others go to the loop. Either way each such read
+    gives its payload, and the end of the body is read as before."""
     payload = b"data: one\n\n"  # 0xb bytes
     sizes = [b"b", b"B", b"000b", b"b;name=value", b"b ", b" b"]
     source = Source([])
