@@ -22,13 +22,15 @@ from flask_stopwire.providers.base import (
     ProviderTimeout,
     ProviderUnreachable,
 )
+from flask_stopwire.providers.pool import Adapter
 
 # Providers sometimes echo (part of) the key in 401 bodies: never pass that on.
 _KEY_LIKE = re.compile(r"\b(sk|key|ak)-[A-Za-z0-9_\-*.]{6,}")
 
 
 def new_session(pool_size: int, provider_url: str) -> requests.Session:
-    """A session whose pool holds one connection per concurrent stream.
+    """A session whose pool holds one connection per concurrent stream, each checked
+    before reuse without giving up the event loop (providers/pool.py).
 
     What requests would read from the environment on every request (proxies and
     NO_PROXY for the provider's URL, a CA bundle, .netrc) is read once, here: the provider
@@ -41,7 +43,7 @@ def new_session(pool_size: int, provider_url: str) -> requests.Session:
     )
     session.auth = requests.utils.get_netrc_auth(provider_url)
     session.trust_env = False
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    adapter = Adapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
