@@ -22,7 +22,7 @@ from flask_stopwire.providers.base import (
     ProviderTimeout,
     ProviderUnreachable,
 )
-from flask_stopwire.providers.pool import Adapter
+from flask_stopwire.providers.pool import CheckedPoolsAdapter
 
 # Providers sometimes echo (part of) the key in 401 bodies: never pass that on.
 _KEY_LIKE = re.compile(r"\b(sk|key|ak)-[A-Za-z0-9_\-*.]{6,}")
@@ -43,7 +43,7 @@ def new_session(pool_size: int, provider_url: str) -> requests.Session:
     )
     session.auth = requests.utils.get_netrc_auth(provider_url)
     session.trust_env = False
-    adapter = Adapter(pool_connections=4, pool_maxsize=pool_size)
+    adapter = CheckedPoolsAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

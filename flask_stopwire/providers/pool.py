@@ -3,13 +3,14 @@
 Before it reuses a pooled connection, urllib3 asks whether the provider closed it meanwhile
 (`HTTPConnection.is_connected`: has the idle socket anything to read?). It asks with
 `select.poll`, which gevent's monkey-patching replaces with one that waits for the loop's
-next turn even for a zero timeout: every provider call of a busy worker went to the back of
-the loop, behind every stream's tokens, before it was sent. The kernel's own poll, asked the
-same question, never waits (docs/token-path-profile.md, fifteenth session).
+next turn even for a zero timeout: every provider call on a pooled connection went to the
+back of the loop, behind every stream's tokens, before it was sent. The kernel's own poll,
+asked the same question, never waits (docs/token-path-profile.md, fifteenth session).
 """
 
 import select
 import socket
+from types import MappingProxyType
 from typing import Any
 
 import requests
@@ -21,8 +22,8 @@ _poll = get_original("select", "poll")  # the kernel's: a zero timeout never blo
 
 
 def readable_now(sock: socket.socket) -> bool:
-    """True if `sock` has bytes or its end waiting: on an idle connection, the provider
-    closed it (or broke the protocol)."""
+    """True if `sock` has bytes, its end, an error or no file behind it (POLLIN, POLLHUP,
+    POLLERR, POLLNVAL): on an idle connection, each means it is not fit for reuse."""
     poller = _poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
@@ -54,10 +55,10 @@ class _TLSPool(HTTPSConnectionPool):
     ConnectionCls = _TLSConnection
 
 
-_POOLS = {"http": _Pool, "https": _TLSPool}
+_POOLS = MappingProxyType({"http": _Pool, "https": _TLSPool})
 
 
-class Adapter(requests.adapters.HTTPAdapter):
+class CheckedPoolsAdapter(requests.adapters.HTTPAdapter):
     """requests' adapter whose pools hand out checked connections (urllib3's way to
     choose a manager's pool classes); through a SOCKS proxy, urllib3's own."""
 
