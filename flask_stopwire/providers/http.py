@@ -271,12 +271,9 @@ def _dechunked(
                 if len(buffer) > _MAX_LINE:
                     raise ProviderDisconnected("provider sent a malformed chunked body")
                 break
-            size_field = buffer[:end].split(b";", 1)[0].strip()
-            # Hex digits only: int() would take "-4", "+4" or "4_0". (Not a regular
-            # expression: every read pays this, and a match costs several times more.)
-            if not 0 < len(size_field) <= 16 or size_field.strip(_HEX_DIGITS):
+            size = _chunk_size(buffer[:end].split(b";", 1)[0].strip())
+            if size is None:
                 raise ProviderDisconnected("provider sent a malformed chunked body")
-            size = int(size_field, 16)
             if size == 0:
                 if pieces:
                     yield b"".join(pieces)
@@ -299,12 +296,21 @@ def _whole_chunk(data: bytes) -> bytes | None:
     one event, taken with one slice where the loop copies, searches and joins (every
     token pays this). None for anything else, which the loop reads and judges."""
     end = data.find(b"\r\n")
-    if not 0 < end <= 16 or not data.endswith(b"\r\n"):
+    if end < 0 or not data.endswith(b"\r\n"):
         return None
-    size_field = data[:end]
-    if size_field.strip(_HEX_DIGITS) or len(data) != end + 4 + int(size_field, 16):
+    size = _chunk_size(data[:end])
+    if not size or len(data) != end + 4 + size:  # size 0: the last chunk
         return None
-    return data[end + 2 : -2] if len(data) > end + 4 else None  # size 0: the last chunk
+    return data[end + 2 : -2]
+
+
+def _chunk_size(field: bytes) -> int | None:
+    """A chunk's size from its size line's number, or None unless 1 to 16 hex digits:
+    int() would also take "-4", "+4" or "4_0". (Not a regular expression: every read pays
+    this, and a match costs several times more.)"""
+    if not 0 < len(field) <= 16 or field.strip(_HEX_DIGITS):
+        return None
+    return int(field, 16)
 
 
 def _trailers(read: Callable[[int], bytes | None], buffer: bytes) -> Iterator[None]:
