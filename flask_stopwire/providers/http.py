@@ -22,7 +22,7 @@ from flask_stopwire.providers.base import (
     ProviderTimeout,
     ProviderUnreachable,
 )
-from flask_stopwire.providers.pool import CheckedPoolsAdapter
+from flask_stopwire.providers.pool import CheckedPoolsAdapter, kernel_poll
 
 # Providers sometimes echo (part of) the key in 401 bodies: never pass that on.
 _KEY_LIKE = re.compile(r"\b(sk|key|ak)-[A-Za-z0-9_\-*.]{6,}")
@@ -117,6 +117,13 @@ class SocketBody:
     `last_data_at` says when bytes last came. TLS works the same way: its socket only
     hands out whole records, and `pending()` says if a record was read only in part.
 
+    A read that emptied the socket asks the kernel once more before it waits: a provider
+    with Nagle's algorithm on (no TCP_NODELAY) holds a token written while the one before
+    was unacknowledged, and our read's ACK brings it at once, before the `recv` returns.
+    Left to the loop's next turn, every such token waited a whole turn more: on a busy
+    worker, tokens waited 34 ms at p50 where the plain relay's, which tries the socket
+    again, waited 11 (docs/token-path-profile.md, sixteenth session).
+
     It acknowledges the headers at once (`_acknowledge_now`).
     """
 
@@ -133,6 +140,7 @@ class SocketBody:
         self.waiting = False
         self._timeout = self.sock.gettimeout()
         self.sock.settimeout(0.0)
+        self._poll = kernel_poll(self.sock)
         _acknowledge_now(self.sock)  # the headers, and any body bytes read with them
         self._release_conn = response.raw.release_conn
         self.pieces: Iterator[bytes | None] = _dechunked(source, self._read, self._release)
@@ -145,8 +153,13 @@ class SocketBody:
             if not data:
                 self._buffered = False
                 data = self.sock.recv(size)
-                # Read it all (and no TLS record in part): wait for the socket before the next.
-                self.waiting = len(data) < size and not (self._pending and self._pending())
+                # Read it all (no TLS record in part, nothing our ACK brought): wait for
+                # the socket before the next.
+                self.waiting = (
+                    len(data) < size
+                    and not (self._pending and self._pending())
+                    and not self._poll(0)
+                )
         except (BlockingIOError, ssl.SSLWantReadError):
             self._buffered = False  # raised only once the buffer is empty
             self.waiting = True

@@ -10,6 +10,7 @@ asked the same question, never waits (docs/token-path-profile.md, fifteenth sess
 
 import select
 import socket
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
@@ -21,12 +22,18 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 _poll = get_original("select", "poll")  # the kernel's: a zero timeout never blocks
 
 
+def kernel_poll(sock: socket.socket) -> Callable[[int], list[tuple[int, int]]]:
+    """`poll(0)` of `sock` asked of the kernel's own poll: never waits, and an empty list
+    when nothing is there (no exception, unlike a `recv` that finds nothing)."""
+    poller = _poll()
+    poller.register(sock, select.POLLIN)
+    return poller.poll
+
+
 def readable_now(sock: socket.socket) -> bool:
     """True if `sock` has bytes, its end, an error or no file behind it (POLLIN, POLLHUP,
     POLLERR, POLLNVAL): on an idle connection, each means it is not fit for reuse."""
-    poller = _poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+    return bool(kernel_poll(sock)(0))
 
 
 class _Checked:
