@@ -117,12 +117,18 @@ class SocketBody:
     `last_data_at` says when bytes last came. TLS works the same way: its socket only
     hands out whole records, and `pending()` says if a record was read only in part.
 
-    A read that emptied the socket asks the kernel once more before it waits: a provider
-    with Nagle's algorithm on (no TCP_NODELAY) holds a token written while the one before
-    was unacknowledged, and our read's ACK brings it at once, before the `recv` returns.
-    Left to the loop's next turn, every such token waited a whole turn more: on a busy
-    worker, tokens waited 34 ms at p50 where the plain relay's, which tries the socket
-    again, waited 11 (docs/token-path-profile.md, sixteenth session).
+    A read that emptied the socket asks the kernel's poll once more before it waits, and
+    reads on if more came, `_MORE_AT_ONCE` reads a wake at most (one stream's provider
+    must not keep the loop from the others). Left to the loop's next turn, each of these
+    waited a turn more, and on a busy worker turns are long:
+    - a provider with Nagle's algorithm on (no TCP_NODELAY) holds a token written while
+      the one before was unacknowledged. Our end acknowledges with the read that empties
+      the socket (it left Linux's interactive mode at the headers: `_acknowledge_now`),
+      and from a provider on this host the token that ACK releases usually arrives before
+      the `recv` returns. Tokens of a saturated burst waited 30 ms at p50 where the plain
+      relay's, which tries its socket again, waited 10 (docs/token-path-profile.md,
+      sixteenth session);
+    - a TLS socket hands out one record a read, and the records queued behind it.
 
     It acknowledges the headers at once (`_acknowledge_now`).
     """
@@ -141,6 +147,7 @@ class SocketBody:
         self._timeout = self.sock.gettimeout()
         self.sock.settimeout(0.0)
         self._poll = kernel_poll(self.sock)
+        self._more_taken = 0  # reads this wake took because the poll said more came
         _acknowledge_now(self.sock)  # the headers, and any body bytes read with them
         self._release_conn = response.raw.release_conn
         self.pieces: Iterator[bytes | None] = _dechunked(source, self._read, self._release)
@@ -153,21 +160,26 @@ class SocketBody:
             if not data:
                 self._buffered = False
                 data = self.sock.recv(size)
-                # Read it all (no TLS record in part, nothing our ACK brought): wait for
-                # the socket before the next.
-                self.waiting = (
-                    len(data) < size
-                    and not (self._pending and self._pending())
-                    and not self._poll(0)
-                )
+                if len(data) < size and not (self._pending and self._pending()):
+                    self._emptied()  # no TLS record read in part
         except (BlockingIOError, ssl.SSLWantReadError):
             self._buffered = False  # raised only once the buffer is empty
             self.waiting = True
+            self._more_taken = 0
             return None
         except OSError as exc:  # a reset, a TLS failure: what `_mapped` makes of them
             raise ProviderDisconnected("provider connection dropped mid-stream") from exc
         self.last_data_at = time.monotonic()
         return data
+
+    def _emptied(self) -> None:
+        """The socket was read empty: wait for it before the next read, unless more came
+        meanwhile and this wake has not taken its share (see the class)."""
+        if self._more_taken < _MORE_AT_ONCE and self._poll(0):
+            self._more_taken += 1
+        else:
+            self.waiting = True
+            self._more_taken = 0
 
     def _release(self) -> None:
         """Read to its end: its timeout back, the connection goes back to the pool."""
@@ -221,6 +233,7 @@ _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _MAX_LINE = 4096  # a chunk-size line or trailer longer than this is not HTTP
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _READ_SIZE = 65536
+_MORE_AT_ONCE = 4  # reads a wake takes on the poll's word before the loop's next turn
 
 
 def _http_client_response(response: requests.Response) -> Any:

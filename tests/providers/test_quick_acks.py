@@ -13,6 +13,7 @@ import json
 import select
 import socket
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import pytest
 import requests
 
 from flask_stopwire.providers.http import SocketBody, socket_body
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux's delayed ACKs")
 
 GAP_S = 0.005  # between two tokens: well inside a delayed ACK
 TOKENS = 8

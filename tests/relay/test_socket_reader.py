@@ -19,6 +19,7 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ import requests
 import trustme
 from transport import loopback_pair, reported, wait_until
 
+from flask_stopwire.providers import http as http_module
 from flask_stopwire.providers import make_provider
 from flask_stopwire.providers.base import Message
 from flask_stopwire.relay import disconnect
@@ -71,13 +73,26 @@ class ThreadProvider:
         self.closed_at: float | None = None  # when its client's FIN or RST came
         self._first = first  # sent in the same write as the headers
         self._tls = tls
-        self._sends: queue.Queue[bytes] = queue.Queue()
+        self._sends: queue.Queue[bytes | str] = queue.Queue()
+        self.written = 0  # chunks written, the headers' first one included
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
     def send(self, data: bytes) -> None:
-        """One chunk now (`_END`: the last chunk)."""
+        """One chunk now (`_END`: the last chunk), in a write (a TLS record) of its own."""
         self._sends.put(data)
+
+    def hang_up(self, how: str) -> None:
+        """End the connection after what was sent: with a FIN, or with an RST."""
+        self._sends.put(how)
+
+    def wait_sent(self, count: int) -> None:
+        """Until `count` chunks are written (and the hang-up done, if one was asked for),
+        blocking the whole process: the event loop does not run meanwhile."""
+        deadline = time.monotonic() + 5
+        while self.written < count or not self._sends.empty():
+            assert time.monotonic() < deadline, "the provider did not send in time"
+            time.sleep(0.001)
 
     def close(self) -> None:
         self._listener.close()
@@ -91,13 +106,28 @@ class ThreadProvider:
             conn.sendall(self.HEAD + (_framed(self._first) if self._first else b""))
             while self.closed_at is None:
                 try:
-                    conn.sendall(_framed(self._sends.get(timeout=0.002)))
+                    data = self._sends.get(timeout=0.002)
+                    if isinstance(data, str):
+                        _hang_up(conn, data)
+                        return
+                    conn.sendall(_framed(data))
+                    self.written += 1
                 except queue.Empty:
                     pass
                 except OSError:
                     self.closed_at = time.monotonic()
                 if select.select([conn], [], [], 0)[0] and not _recv(conn):
                     self.closed_at = time.monotonic()
+
+
+FIN, RST = "fin", "rst"
+
+
+def _hang_up(conn: socket.socket, how: str) -> None:
+    """Close without a TLS close_notify: a FIN, or with SO_LINGER 0 an RST."""
+    if how == RST:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
 
 
 def _framed(data: bytes) -> bytes:
@@ -219,6 +249,44 @@ def test_the_viewer_reads_the_provider_and_the_pump_is_gone(
     rest = list(events)
     assert [e.kind for e in rest] == ["done"] and rest[0].data["status"] == "complete"
     assert generation.text() == "one there, you" + big + "!"
+
+
+def test_records_queued_behind_a_read_are_read_in_its_turn_a_few_at_most(
+    certificates: tuple[ssl.SSLContext, Path], make: Make
+) -> None:
+    """A TLS socket hands out one record a read: the ones queued behind it are read in
+    the same wake (one frame), up to the share of one wake; the rest in the next."""
+    provider = ThreadProvider(tls=certificates[0])
+    try:
+        events = streaming(make(provider), provider)
+        letters = "abcdefghij"
+        for letter in letters:
+            provider.send(chunk(letter))
+        provider.wait_sent(1 + len(letters))  # every record queued before the reader wakes
+        taken = 1 + http_module._MORE_AT_ONCE
+        assert next_event(events) == RelayEvent("token", letters[:taken])
+        assert next_event(events) == RelayEvent("token", letters[taken:])
+    finally:
+        provider.close()
+
+
+@pytest.mark.parametrize("how", [FIN, RST])
+def test_a_provider_that_hangs_up_right_after_a_token_is_a_disconnect(
+    provider: ThreadProvider, make: Make, how: str
+) -> None:
+    """The token and the end are both there when the reader wakes: the poll after the
+    token's read sees the end, and the read after it reports it (no spin, no hang)."""
+    generation = make(provider)
+    events = streaming(generation, provider)
+    provider.send(chunk(" two"))
+    provider.hang_up(how)
+    provider.wait_sent(2)
+    rest = [next_event(events) for _ in range(3)]
+    assert rest[0] == RelayEvent("token", " two")
+    assert [e.kind for e in rest[1:]] == ["error", "done"]
+    assert rest[2].data["status"] == "error" and rest[2].data["reason"] == "upstream_error"
+    assert rest[1].data["type"] == "provider_disconnected"
+    assert generation.kept_text() == "one two"
 
 
 def test_bytes_that_came_with_the_headers_are_read_at_once(serve: Serve, make: Make) -> None:
