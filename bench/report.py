@@ -53,7 +53,9 @@ def abort_table(aborts: list[Abort]) -> str:
         row = Row("abort", "fin", abort.system, abort.samples).stats()
         leaks = abort.leaks()
         leak_cell = "not exposed" if leaks is None else " / ".join(str(v) for v in leaks.values())
-        cells = [abort.system, str(abort.streams), ms(abort.all_closed_ms)]
+        never = row["trials"] - row["measured"]  # provider streams left open
+        streams = f"{abort.streams} ({never} never closed)" if never else str(abort.streams)
+        cells = [abort.system, streams, ms(abort.all_closed_ms)]
         cells += [ms(row["p50_ms"]), ms(row["p99_ms"]), str(row["tokens_after_total"])]
         rss = abort.rss_per_stream_kib
         cells += ["-" if rss is None else f"{rss:.1f}", leak_cell]

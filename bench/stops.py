@@ -31,6 +31,7 @@ ABORT = "[demo ttft=0.02 tokens=1000 gap=0.5]"  # slow, so 1,000 streams cost th
 PACED_ABORT = "[demo ttft=0.02 tokens=1000 gap=0.02]"  # issue #14: tokens flowing when they go
 SETTLE_S = 1.0  # after an abort, let the worker finish its bookkeeping before we count
 WARM_ABORT = 20
+NEVER_CLOSED_S = 60.0  # a provider stream still open this long after its client left: never
 ABORT_WARM_S = 2.0  # four token gaps: every stream has started and sent a token
 READ_TIMEOUT_S = 10.0
 
@@ -231,7 +232,17 @@ def abort_all(
         print(f"{system.name}: {late} of {streams} streams had no token after the warm-up")
     rss_open = rss_bytes(pid) if pid else 0
     closed = {marker: stream.close("fin") for marker, stream in zip(markers, opened, strict=True)}
-    return closed, wait_ended(demo, set(closed), timeout=60.0, poll_s=BATCH_POLL_S), rss_open
+    try:
+        records = wait_ended(demo, set(closed), NEVER_CLOSED_S, BATCH_POLL_S, open_ones_too=True)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{system.name}, {streams} streams closed at once: {exc}") from None
+    still_open = sum(r["ended"] == "streaming" for r in records.values())
+    if still_open:
+        print(
+            f"{system.name}: {still_open} of {streams} provider streams still open "
+            f"{NEVER_CLOSED_S:.0f} s after their clients left"
+        )
+    return closed, records, rss_open
 
 
 def sample_of(record: dict, closed_at: float) -> Sample:

@@ -319,7 +319,7 @@ def goals(results: dict, config: Config) -> str:
     goal(
         f"{streams} streams at 20 ms/token aborted at once: stop p99 ({ms(row['p99_ms'])} ms) "
         f"<= 10 ms (no proxy: {ms(floor['p99_ms'])} ms)",
-        row["p99_ms"] is not None and row["p99_ms"] <= 10,
+        row["measured"] == row["trials"] and row["p99_ms"] is not None and row["p99_ms"] <= 10,
     )
     goal(
         f"... and zero provider tokens after any stop ({row['tokens_after_total']} sent after "

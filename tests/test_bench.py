@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import burst, instructions, relay_cost, suite, transports
+from bench import burst, instructions, relay_cost, stops, suite, transports
 from bench.client import CLOSES
+from bench.report import abort_table
+from bench.stop_latency import Sample, wait_ended
 
 ROOT = Path(__file__).resolve().parents[1]
 PACED = "20 ms/token"
@@ -128,8 +130,25 @@ def test_the_paced_abort_has_a_floor_beside_the_relays(report):
     assert set(paced) == {"Stopwire", "baseline", "no proxy"}
     for abort in paced.values():
         assert abort["streams"] == suite.QUICK.paced_abort_streams
-        assert abort["measured"] == abort["trials"], abort
+        assert abort["trials"] == suite.QUICK.paced_abort_streams
+    # Every provider stream closed: ours and the floor's. The plain relay has left one
+    # open now and then (1 of 200, twice in 15 rounds after 1,000-stream aborts): a result
+    # the table reports (below), not a failed run.
+    for system in ("Stopwire", "no proxy"):
+        assert paced[system]["measured"] == paced[system]["trials"], paced[system]
     assert "aborted at once: stop p99" in report["md"] and "no proxy:" in report["md"]
+
+
+def test_an_abort_that_left_provider_streams_open_says_how_many() -> None:
+    closed = Sample(3.0, 0, "client_closed")
+    left_open = Sample(None, 0, "streaming")
+    aborts = [
+        stops.Abort("plain", 3, [closed, left_open, left_open], None, None, None, None),
+        stops.Abort("ours", 3, [closed] * 3, 3.0, None, None, None),
+    ]
+    rows = abort_table(aborts).splitlines()[2:]
+    assert rows[0].startswith("| plain | 3 (2 never closed) | - |"), rows[0]
+    assert rows[1].startswith("| ours | 3 | 3.00 |"), rows[1]
 
 
 def test_relay_cost_has_every_load_and_target(report):
@@ -247,3 +266,23 @@ def test_the_instruction_count_splits_each_relays_cost_per_token_and_per_chat() 
     assert ratios[0] == "1.00x" and len(ratios) == 7, done.stdout
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True)
     assert b"stopwire-ab-" not in worktrees.stdout  # the base's checkout is removed
+
+
+class _Records:
+    """A demo provider's records, as `wait_ended` reads them: one stream ended, one open."""
+
+    def records(self) -> list[dict]:
+        return [
+            {"prompt": "a [demo]", "ended": "client_closed"},
+            {"prompt": "b", "ended": "streaming"},
+        ]
+
+
+def test_a_stream_left_open_is_a_result_of_a_mass_abort_and_an_error_elsewhere() -> None:
+    demo = _Records()
+    records = wait_ended(demo, {"a", "b"}, 0.01, 0.001, open_ones_too=True)  # type: ignore[arg-type]
+    assert records["b"]["ended"] == "streaming" and records["a"]["ended"] == "client_closed"
+    with pytest.raises(TimeoutError, match="1 were still streaming there"):
+        wait_ended(demo, {"a", "b"}, 0.01, 0.001)  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError, match="1 of 3 streams had no record"):
+        wait_ended(demo, {"a", "b", "c"}, 0.01, 0.001, open_ones_too=True)  # type: ignore[arg-type]
