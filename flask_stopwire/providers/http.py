@@ -126,7 +126,7 @@ class SocketBody:
       the socket (it left Linux's interactive mode at the headers: `_acknowledge_now`),
       and from a provider on this host the token that ACK releases usually arrives before
       the `recv` returns. Tokens of a saturated burst waited 30 ms at p50 where the plain
-      relay's, which tries its socket again, waited 10 (docs/token-path-profile.md,
+      relay's, which tries its socket again, waited 9 (docs/token-path-profile.md,
       sixteenth session);
     - a TLS socket hands out one record a read, and the records queued behind it.
 
