@@ -188,12 +188,12 @@ def wait_ended(
     markers: set[str],
     timeout: float,
     poll_s: float,
-    open_ones_too: bool = False,
+    left_open_is_a_result: bool = False,
 ) -> dict[str, dict]:
     """The provider's record for each marker, once every one of those streams has ended.
 
-    `open_ones_too`: after `timeout`, the records as they are, streams still open included
-    (a relay that never closed some is a result), as long as every stream has one."""
+    `left_open_is_a_result`: after `timeout`, the records as they are, streams still open
+    included (a relay that never closed some), as long as every stream has one."""
     deadline = time.monotonic() + timeout
     while True:
         time.sleep(poll_s)
@@ -203,7 +203,7 @@ def wait_ended(
         if len(records) == len(markers) and ended:
             return records
         if time.monotonic() > deadline:
-            if open_ones_too and len(records) == len(markers):
+            if left_open_is_a_result and len(records) == len(markers):
                 return records
             streaming = sorted(m for m, r in records.items() if r["ended"] == "streaming")
             raise TimeoutError(

@@ -239,7 +239,11 @@ def abort_all(
     closed = {marker: stream.close("fin") for marker, stream in zip(markers, opened, strict=True)}
     try:
         records = wait_ended(
-            demo, set(closed), NEVER_CLOSED_S, BATCH_POLL_S, open_ones_too=left_open_is_a_result
+            demo,
+            set(closed),
+            NEVER_CLOSED_S,
+            BATCH_POLL_S,
+            left_open_is_a_result=left_open_is_a_result,
         )
     except TimeoutError as exc:
         raise TimeoutError(f"{system.name}, {streams} streams closed at once: {exc}") from None

@@ -281,9 +281,9 @@ class _Records:
 
 def test_a_stream_left_open_is_a_result_of_a_mass_abort_and_an_error_elsewhere() -> None:
     demo = _Records()
-    records = wait_ended(demo, {"a", "b"}, 0.01, 0.001, open_ones_too=True)  # type: ignore[arg-type]
+    records = wait_ended(demo, {"a", "b"}, 0.01, 0.001, True)  # type: ignore[arg-type]
     assert records["b"]["ended"] == "streaming" and records["a"]["ended"] == "client_closed"
     with pytest.raises(TimeoutError, match="1 were still streaming there"):
         wait_ended(demo, {"a", "b"}, 0.01, 0.001)  # type: ignore[arg-type]
     with pytest.raises(TimeoutError, match="1 of 3 streams had no record"):
-        wait_ended(demo, {"a", "b", "c"}, 0.01, 0.001, open_ones_too=True)  # type: ignore[arg-type]
+        wait_ended(demo, {"a", "b", "c"}, 0.01, 0.001, True)  # type: ignore[arg-type]

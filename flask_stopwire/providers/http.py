@@ -164,8 +164,7 @@ class SocketBody:
                     self._emptied()  # no TLS record read in part
         except (BlockingIOError, ssl.SSLWantReadError):
             self._buffered = False  # raised only once the buffer is empty
-            self.waiting = True
-            self._more_taken = 0
+            self._wait_for_socket()
             return None
         except OSError as exc:  # a reset, a TLS failure: what `_mapped` makes of them
             raise ProviderDisconnected("provider connection dropped mid-stream") from exc
@@ -178,8 +177,12 @@ class SocketBody:
         if self._more_taken < _MORE_AT_ONCE and self._poll(0):
             self._more_taken += 1
         else:
-            self.waiting = True
-            self._more_taken = 0
+            self._wait_for_socket()
+
+    def _wait_for_socket(self) -> None:
+        """No read until the loop says the socket is readable; that wake starts a new share."""
+        self.waiting = True
+        self._more_taken = 0
 
     def _release(self) -> None:
         """Read to its end: its timeout back, the connection goes back to the pool."""
