@@ -1,4 +1,4 @@
-"""The processes a benchmark runs: the demo provider and two gunicorn servers.
+"""The processes a benchmark runs: the demo provider, gunicorn servers, and nginx.
 
 Each runs in its own process group (start_new_session) so closing it kills the
 whole group: gunicorn's master and its worker, and nothing we did not start.
@@ -34,11 +34,14 @@ class Process:
         env: dict[str, str] | None = None,
         pipe: bool = False,
         under: list[str] | None = None,
+        program: str = sys.executable,
+        scratch: str = "",
     ):
+        self.scratch = scratch  # a directory of ours, removed on close
         RESULTS.mkdir(parents=True, exist_ok=True)
         self.log = open(RESULTS / f"{name}.log", "w")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
-            [*(under or []), sys.executable, *args],  # `under`: a tool that runs it (valgrind)
+            [*(under or []), program, *args],  # `under`: a tool that runs it (valgrind)
             cwd=ROOT,
             env={**inherited_env(), **(env or {})},
             stdout=subprocess.PIPE if pipe else self.log,
@@ -48,7 +51,7 @@ class Process:
         )
 
     def close(self) -> None:
-        """SIGTERM the group, SIGKILL it if it lingers."""
+        """SIGTERM the group, SIGKILL it if it lingers; then remove the scratch directory."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -57,6 +60,8 @@ class Process:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
         self.log.close()
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class Demo(Process):
@@ -93,8 +98,7 @@ class Gunicorn(Process):
         scratch: str = "",
         under: list[str] | None = None,
     ):
-        self.scratch = scratch  # a directory of ours, removed on close
-        super().__init__(name, ["-m", "gunicorn", *args], env, under=under)
+        super().__init__(name, ["-m", "gunicorn", *args], env, under=under, scratch=scratch)
         self.url = f"http://127.0.0.1:{port}"
         try:
             wait_for_port(port, self.process, 120.0 if under else 20.0)
@@ -102,11 +106,48 @@ class Gunicorn(Process):
             self.close()
             raise
 
-    def close(self) -> None:
-        """Stop the server, then remove its scratch directory."""
-        super().close()
-        if self.scratch:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+
+NGINX_CONF = """\
+worker_processes 1;
+pid {scratch}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass {upstream};
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx(Process):
+    """Debian's nginx, one worker, relaying every request to `upstream` unbuffered: a relay
+    in C with no application, the least a relay hop can add on this machine. Like any
+    relay it closes the upstream connection when its client leaves (nginx's default)."""
+
+    def __init__(self, upstream: str):
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not os.access(binary, os.X_OK):
+            raise RuntimeError("nginx is not installed: apt-get install -y nginx")
+        port = free_port()
+        scratch = tempfile.mkdtemp(prefix="stopwire-bench-nginx-")
+        conf = Path(scratch) / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(scratch=scratch, port=port, upstream=upstream))
+        # -p: its temporary files in the scratch directory; -e: its startup errors in our log.
+        args = ["-g", "daemon off;", "-c", str(conf), "-p", f"{scratch}/", "-e", "stderr"]
+        super().__init__("nginx", args, program=binary, scratch=scratch)
+        self.url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_port(port, self.process)
+        except RuntimeError:
+            self.close()
+            raise
 
 
 def stopwire(

@@ -80,6 +80,12 @@ def no_proxy(demo: servers.Demo) -> System:
     return System("no proxy", demo.base, "/v1/chat/completions", openai_token, body=openai_body)
 
 
+def nginx_relay(nginx: servers.Nginx) -> System:
+    """The provider through nginx, a relay in C with no application: how soon any relay's
+    FIN can follow its client's on this machine, beside the floor with no relay at all."""
+    return System("nginx", nginx.url, "/v1/chat/completions", openai_token, body=openai_body)
+
+
 def stopwire_token(frame: bytes) -> bool:
     """Stopwire frames tokens as `event: token`."""
     return b"event: token" in frame

@@ -17,7 +17,8 @@ e. memory per open stream (worker RSS growth / open streams, during c);
 f. store cost (issue #3): store on versus off at 200 streams;
 g. a burst of new chats (issue #14): 200 chats started at once through the plain relay,
    Stopwire's /v1 (no store) and /api/chat (store on), every stream's text checked;
-h. 200 streams at 20 ms/token aborted at once, and the issue #14 goals, met or missed.
+h. 200 streams at 20 ms/token aborted at once (nginx, a relay in C, beside the relays and
+   no proxy), and the issue #14 goals, met or missed.
 """
 
 import argparse
@@ -71,6 +72,8 @@ token and the tails move with both from run to run.
   "all closed after" = the provider's last close minus the first client close. Leaks =
   the worker's `/api/debug/stats` (open fds, live greenlets, live generations) after minus before,
   both read once the worker is idle; a negative count is earlier work that finished.
+  In h, **nginx** (Debian's, one worker, unbuffered) relays the provider too: a relay in C
+  with no application, how soon any relay's FIN can follow its client's on this machine.
 - **Relay cost**: per-token latency = client received the k-th word minus the provider sent
   its k-th token (each demo token is one word, so coalesced frames are credited right);
   TTFT = request sent to first token; "added" = minus no proxy at the same load; CPU per
@@ -169,6 +172,8 @@ def run(config: Config) -> dict:
         started.append(base)
         two = servers.stopwire(demo.url, workers=2)
         started.append(two)
+        relay_in_c = servers.Nginx(demo.base)
+        started.append(relay_in_c)
         systems = [
             System("Stopwire", one.url, "/api/chat", stop_latency.stopwire_token),
             System("baseline", base.url, "/chat", stop_latency.openai_token, True),
@@ -195,11 +200,14 @@ def run(config: Config) -> dict:
             stops.mass_abort(systems[0], demo, config.abort_streams, targets[2].pid, True),
             stops.mass_abort(systems[1], demo, config.abort_streams, targets[1].pid, False),
         ]
+        nginx = stop_latency.nginx_relay(relay_in_c)
+        stop_latency.warm_up(nginx, demo)
+        metered = ((systems[0], targets[2].pid), (systems[1], targets[1].pid))
         paced = [
             stops.mass_abort(
-                system, demo, config.paced_abort_streams, target.pid, False, stops.PACED_ABORT
+                system, demo, config.paced_abort_streams, pid, False, stops.PACED_ABORT
             )
-            for system, target in zip(systems, (targets[2], targets[1], targets[0]), strict=True)
+            for system, pid in (*metered, (systems[2], None), (nginx, None))
         ]
     finally:
         for process in reversed(started):
@@ -314,16 +322,17 @@ def goals(results: dict, config: Config) -> str:
     paced = {
         a.system: Row("abort", "fin", a.system, a.samples).stats() for a in results["paced_aborts"]
     }
-    row, floor = paced["Stopwire"], paced["no proxy"]
+    row, floor, nginx = paced["Stopwire"], paced["no proxy"], paced["nginx"]
     streams = config.paced_abort_streams
     goal(
         f"{streams} streams at 20 ms/token aborted at once: stop p99 ({ms(row['p99_ms'])} ms) "
-        f"<= 10 ms (no proxy: {ms(floor['p99_ms'])} ms)",
+        f"<= 10 ms (nginx: {ms(nginx['p99_ms'])} ms; no proxy: {ms(floor['p99_ms'])} ms)",
         row["measured"] == row["trials"] and row["p99_ms"] is not None and row["p99_ms"] <= 10,
     )
     goal(
         f"... and zero provider tokens after any stop ({row['tokens_after_total']} sent after "
-        f"the client's close, by the provider's clock; no proxy: {floor['tokens_after_total']})",
+        f"the client's close, by the provider's clock; nginx: {nginx['tokens_after_total']}; "
+        f"no proxy: {floor['tokens_after_total']})",
         row["tokens_after_total"] == 0,
     )
     s = store_cost.summary(results["store"])
