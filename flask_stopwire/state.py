@@ -32,7 +32,6 @@ from flask_stopwire.relay.generation import (
 from flask_stopwire.relay.mirror import Mirror
 from flask_stopwire.relay.peers import Peers
 from flask_stopwire.relay.registry import Registry
-from flask_stopwire.relay.turns import wait_turn
 from flask_stopwire.settings import SettingError, Settings
 from flask_stopwire.store import open_store
 from flask_stopwire.store.recording import Recorder
@@ -124,9 +123,8 @@ class StopwireState:
 
         ApiError 429 when the cap is reached. The slot is given back if the block
         raises, else when the generation ends (on whichever worker ran it), or is
-        dropped unviewed.
+        dropped unviewed. Its caller has waited for the loop's turn first (relay/turns.py).
         """
-        wait_turn()  # a new answer's work waits for the loop's turn (relay/turns.py)
         generation_id = new_generation_id()
         cap = self.settings.max_active_per_user
         if not cap:

@@ -33,9 +33,10 @@ from typing import Any
 from gevent.hub import Hub, get_hub
 from gevent.monkey import get_original
 
+from flask_stopwire.relay import priorities
+
 log = logging.getLogger(__name__)
 
-_FIRST = 1  # a libev priority above the default (0) of the provider sockets' watchers
 _MID_TURN_S = 0.001  # how often a long loop turn asks for departures
 # Its FIN; epoll always reports EPOLLHUP and EPOLLERR besides. No EPOLLIN: bytes are no departure.
 _WATCHED = select.EPOLLRDHUP
@@ -108,8 +109,8 @@ class Departures:
         self.serving = False  # in `ask`, serving the departures it found
         # What a departure's handler leaves until every one was served (`after_departures`).
         self.after_serving: Callable[[], object] | None = None
-        # Before the tokens of the same loop turn: a departure stops a provider.
-        self._io = self.loop.io(self._epoll.fileno(), 1, priority=_FIRST)  # 1: readable
+        # 1: readable. Before the tokens of the same loop turn: a departure stops a provider.
+        self._io = self.loop.io(self._epoll.fileno(), 1, priority=priorities.DEPARTURES)
         self._io.start(self.ask)
 
     def add(self, watch: Watch) -> None:

@@ -60,7 +60,7 @@ from flask_stopwire.providers.base import (
     Usage,
 )
 from flask_stopwire.providers.http import SocketBody, iter_body, open_stream, socket_body
-from flask_stopwire.relay import disconnect
+from flask_stopwire.relay import disconnect, priorities
 from flask_stopwire.relay.turns import ENDS, in_turn, wait_turn
 
 log = logging.getLogger(__name__)
@@ -624,7 +624,8 @@ class Generation:
         self._deltas = self.provider.parse(self._pieces)
         if body is not None:
             self._body = body
-            self._io = get_hub().loop.io(body.sock.fileno(), 1)  # 1: readable
+            # 1: readable. Before the turn's new work: a burst's starts do not hold the tokens.
+            self._io = get_hub().loop.io(body.sock.fileno(), 1, priority=priorities.TOKENS)
             # Looked up once, not per token (a lookup by hub costs more than the ask).
             self._departures = disconnect.departures()
             self._arm_idle_check(self.settings.read_timeout_s)

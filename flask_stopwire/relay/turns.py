@@ -38,12 +38,12 @@ from collections import deque
 
 from gevent.hub import Hub, Waiter, get_hub
 
+from flask_stopwire.relay import priorities
 from flask_stopwire.relay.disconnect import notice_departures
 
 STARTS = 0.005  # a lane is named by its budget: seconds of each loop turn
 ENDS = 0.001
 _LONGEST_START_TURN = 0.02  # STARTS in a long turn: the rest's CPU time, up to this
-_LAST = -2  # libev's lowest priority: after every socket and timer of the turn
 
 
 class Lane:
@@ -54,8 +54,8 @@ class Lane:
         self._longest_s = longest_s  # in a long turn, up to this (`budget_s`: none longer)
         self._rest_began = 0.0  # the thread's CPU time at this lane's last let-go
         self._waiting: deque[Waiter] = deque()
-        self._check = hub.loop.check(priority=_LAST)
-        self._awake = hub.loop.idle(priority=_LAST)
+        self._check = hub.loop.check(priority=priorities.LANES)
+        self._awake = hub.loop.idle(priority=priorities.LANES)
 
     def wait(self) -> None:
         waiter = Waiter()  # this thread's hub

@@ -11,6 +11,7 @@ from flask_stopwire.formats import sse
 from flask_stopwire.providers.base import Message
 from flask_stopwire.relay.bus import StopBusDown
 from flask_stopwire.relay.generation import Generation, RelayEvent
+from flask_stopwire.relay.turns import wait_turn
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.store.sql import NO_USAGE
 from flask_stopwire.store.sqlite import Conflict
@@ -47,6 +48,7 @@ def chat() -> Response:
     without an id); `{"messages": [...]}` is for callers that keep their own history
     and saves nothing. `resume_grace_s` and `on_stop` as in `ask()`.
     """
+    wait_turn()  # a new answer's turn in the loop comes before any of its work (relay/turns)
     body = json_body(required=True)
     stopwire = get_stopwire()
     with stopwire.admitted() as generation_id:

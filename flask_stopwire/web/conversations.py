@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from flask_stopwire import history
+from flask_stopwire.relay.turns import wait_turn
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.store.sqlite import Conflict
 from flask_stopwire.web.api import sse_response
@@ -69,6 +70,7 @@ def continue_answer(conversation_id: str, message_id: str) -> Response:
 
 
 def _restart(conversation_id: str, message_id: str, action: str) -> Response:
+    wait_turn()  # a new answer's turn in the loop comes before any of its work (relay/turns)
     json_body(required=False)
     stopwire = get_stopwire()
     saved = _conversation(conversation_id)["messages"]

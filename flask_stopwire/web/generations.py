@@ -14,6 +14,7 @@ from flask import Blueprint, Response, request, url_for
 
 from flask_stopwire.formats.sse import END_ID
 from flask_stopwire.relay.generation import RelayEvent
+from flask_stopwire.relay.turns import wait_turn
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.web.api import ask, client_socket, events_response, message_summary
 from flask_stopwire.web.errors import ApiError, register_json_errors
@@ -38,6 +39,7 @@ def _identify() -> None:
 def create() -> tuple[dict[str, Any], int]:
     """Save a request to stream an answer (the body of `POST /chat`); view it at
     `events_url` within `STOPWIRE_ATTACH_TIMEOUT_S`, else it is dropped unasked."""
+    wait_turn()  # a new answer's turn in the loop comes before any of its work (relay/turns)
     body = json_body(required=True)
     stopwire = get_stopwire()
     with stopwire.admitted() as generation_id:

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from flask_stopwire.formats import openai as fmt
 from flask_stopwire.providers.base import Message, UnsupportedOption
 from flask_stopwire.relay.generation import RelayEvent
+from flask_stopwire.relay.turns import wait_turn
 from flask_stopwire.state import get_stopwire
 from flask_stopwire.web.api import stream_response
 from flask_stopwire.web.errors import ANY_PATH, ApiError, discard_body
@@ -110,6 +111,7 @@ def model(model: str) -> dict[str, Any]:
 @openai.post("/chat/completions")
 def chat_completions() -> Response:
     """A completion, streamed or whole, from the configured provider."""
+    wait_turn()  # a new answer's turn in the loop comes before any of its work (relay/turns)
     body = _body()
     stopwire = get_stopwire()
     _check_model(body.get("model"))

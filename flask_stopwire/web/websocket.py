@@ -50,6 +50,7 @@ from flask_stopwire.formats.sse import compact_json
 from flask_stopwire.identity import require_same_origin
 from flask_stopwire.relay import disconnect
 from flask_stopwire.relay.generation import RelayEvent
+from flask_stopwire.relay.turns import wait_turn
 from flask_stopwire.settings import Settings
 from flask_stopwire.state import StopwireState, get_stopwire
 from flask_stopwire.web.api import ask, stop_summary
@@ -320,6 +321,7 @@ class Channel:
 
     def prompt(self, body: dict[str, Any]) -> None:
         """Start an answer as `POST /chat` does; its `meta` goes out before any later reply."""
+        wait_turn()  # a new answer's turn in the loop comes before any of its work (relay/turns)
         with self.stopwire.admitted() as generation_id:
             request_ = ask(body, generation_id)
             generation = self.stopwire.generation_for(request_)

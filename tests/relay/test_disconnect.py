@@ -13,7 +13,7 @@ import pytest
 from gevent.hub import get_hub
 from transport import loopback_pair, reported, wait_until
 
-from flask_stopwire.relay import disconnect
+from flask_stopwire.relay import disconnect, priorities
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_a_departure_is_served_before_the_tokens_of_the_same_loop_turn(connectio
     ours, client = connection
     order: list[str] = []
     tokens_a, tokens_b = socket.socketpair()  # a provider socket with a token waiting
-    token_watcher = get_hub().loop.io(tokens_a.fileno(), 1)  # the default priority
+    token_watcher = get_hub().loop.io(tokens_a.fileno(), 1, priority=priorities.TOKENS)
     watch = disconnect.Watch(ours, lambda: order.append("departure"))
     try:
         client.close()

@@ -35,7 +35,7 @@ from transport import loopback_pair, reported, wait_until
 from flask_stopwire.providers import http as http_module
 from flask_stopwire.providers import make_provider
 from flask_stopwire.providers.base import Message
-from flask_stopwire.relay import disconnect
+from flask_stopwire.relay import disconnect, priorities
 from flask_stopwire.relay import generation as generation_module
 from flask_stopwire.relay.generation import (
     Generation,
@@ -334,7 +334,7 @@ def test_a_token_read_late_in_a_long_loop_turn_serves_a_departure_first(
     listener.close()
     watch = disconnect.Watch(ours, lambda: order.append("departure"))
     busy_a, busy_b = socket.socketpair()
-    busy = gevent.get_hub().loop.io(busy_a.fileno(), 1, priority=1)
+    busy = gevent.get_hub().loop.io(busy_a.fileno(), 1, priority=priorities.DEPARTURES)
 
     def long_work() -> None:
         busy.stop()
@@ -354,6 +354,32 @@ def test_a_token_read_late_in_a_long_loop_turn_serves_a_departure_first(
         watch.close()
         for sock in (busy_a, busy_b, ours, leaving):
             sock.close()
+
+
+def test_a_token_goes_before_the_new_work_of_the_same_loop_turn(
+    provider: ThreadProvider, make: Make
+) -> None:
+    """A running answer's token and a new chat's work (a socket of gevent's default
+    priority, as a new request's and a provider's headers are) ready in one loop turn:
+    the token is relayed first, so a burst of new chats does not hold it."""
+    events = streaming(make(provider), provider)
+    order: list[str] = []
+    reader = gevent.spawn(lambda: order.append(next_event(events).data))
+    new_a, new_b = socket.socketpair()
+    new_work = gevent.get_hub().loop.io(new_a.fileno(), 1)  # gevent's default priority
+    try:
+        gevent.sleep(0.05)  # the reader sleeps on the provider's socket
+        provider.send(chunk("two"))
+        new_b.send(b"x")
+        time.sleep(0.05)  # both sockets readable at the loop's next poll
+        new_work.start(lambda: (new_work.stop(), order.append("new work")))
+        reader.get(timeout=2)
+        wait_until(lambda: len(order) == 2, timeout=1)
+        assert order == ["two", "new work"]
+    finally:
+        new_work.close()
+        new_a.close()
+        new_b.close()
 
 
 def test_a_stop_steps_aside_once_the_provider_has_its_fin(
