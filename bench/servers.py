@@ -113,6 +113,11 @@ pid {scratch}/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    client_body_temp_path {scratch}/client_body;
+    proxy_temp_path {scratch}/proxy;
+    fastcgi_temp_path {scratch}/fastcgi;
+    uwsgi_temp_path {scratch}/uwsgi;
+    scgi_temp_path {scratch}/scgi;
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -137,9 +142,11 @@ class Nginx(Process):
             raise RuntimeError("nginx is not installed: apt-get install -y nginx")
         port = free_port()
         scratch = tempfile.mkdtemp(prefix="stopwire-bench-nginx-")
+        os.chmod(scratch, 0o755)  # run as root, nginx's worker is another user
         conf = Path(scratch) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(scratch=scratch, port=port, upstream=upstream))
-        # -p: its temporary files in the scratch directory; -e: its startup errors in our log.
+        # Its temporary files in the scratch directory (the conf: Debian's build has absolute
+        # paths of its own), and its errors in our log.
         args = ["-g", "daemon off;", "-c", str(conf), "-p", f"{scratch}/", "-e", "stderr"]
         super().__init__("nginx", args, program=binary, scratch=scratch)
         self.url = f"http://127.0.0.1:{port}"

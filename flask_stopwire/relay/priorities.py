@@ -1,6 +1,11 @@
 """The order in which one turn of a worker's event loop serves its work: libev
-priorities, highest first. gevent's own watchers (new requests, a provider's response
-headers) have the default, 0.
+priorities, highest first.
+
+gevent's own watchers have the default, 0, below the tokens: new requests and a burst's
+provider response headers, but also what reaches us as a message rather than as a client's
+FIN: a stop request, a WebSocket's cancel or close frame, a stop from a sibling worker or
+from Redis, and timers. A token's turn is tens of microseconds, so such a stop waits at most
+for the tokens read in the same turn (docs/token-path-profile.md, seventeenth session).
 """
 
 DEPARTURES = 2  # a client gone: its provider hears our FIN before anything else is served

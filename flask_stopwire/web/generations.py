@@ -74,6 +74,7 @@ def open_events(
     sibling, or ended (replayed). Shared by EventSource and the WebSocket's resume;
     `client_sock` is watched for the viewer leaving (None: the caller closes the
     events itself). ApiError 404, or 503 while it streams on another host."""
+    wait_turn()  # a pending answer starts here: its turn first, as every start's (relay/turns)
     stopwire = get_stopwire()
     stopwire.start()
     pending = stopwire.store.take_pending(user_id, generation_id, stopwire.recorder.owner)

@@ -371,7 +371,7 @@ def test_a_token_goes_before_the_new_work_of_the_same_loop_turn(
         gevent.sleep(0.05)  # the reader sleeps on the provider's socket
         provider.send(chunk("two"))
         new_b.send(b"x")
-        time.sleep(0.05)  # both sockets readable at the loop's next poll
+        provider.wait_sent(2)  # both sockets readable at the loop's next poll
         new_work.start(lambda: (new_work.stop(), order.append("new work")))
         reader.get(timeout=2)
         wait_until(lambda: len(order) == 2, timeout=1)
