@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import gevent
 import pytest
 from gevent.hub import get_hub
-from transport import loopback_pair, reported, wait_until
+from transport import loopback_pair, ready_socket, reported, wait_until
 
 from flask_stopwire.relay import disconnect, priorities
 
@@ -64,21 +64,17 @@ def test_bytes_of_a_next_request_are_not_a_departure(connection) -> None:
 def test_a_departure_is_served_before_the_tokens_of_the_same_loop_turn(connection) -> None:
     ours, client = connection
     order: list[str] = []
-    tokens_a, tokens_b = socket.socketpair()  # a provider socket with a token waiting
-    token_watcher = get_hub().loop.io(tokens_a.fileno(), 1, priority=priorities.TOKENS)
     watch = disconnect.Watch(ours, lambda: order.append("departure"))
-    try:
-        client.close()
-        tokens_b.send(b"token")
-        time.sleep(0.01)  # both are ready before the loop polls again
-        token_watcher.start(lambda: (order.append("token"), token_watcher.stop()))
-        wait_until(lambda: len(order) == 2, timeout=1)
-        assert order == ["departure", "token"]
-    finally:
-        token_watcher.close()
-        watch.close()
-        tokens_a.close()
-        tokens_b.close()
+    # A provider socket with a token waiting.
+    with ready_socket(order, "token", priorities.TOKENS) as watch_tokens:
+        try:
+            client.close()
+            time.sleep(0.01)  # both are ready before the loop polls again
+            watch_tokens()
+            wait_until(lambda: len(order) == 2, timeout=1)
+            assert order == ["departure", "token"]
+        finally:
+            watch.close()
 
 
 def test_a_long_turn_of_the_loop_serves_a_departure_when_it_asks(connection) -> None:

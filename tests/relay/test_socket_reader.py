@@ -30,7 +30,7 @@ import gevent.event
 import pytest
 import requests
 import trustme
-from transport import loopback_pair, reported, wait_until
+from transport import loopback_pair, ready_socket, reported, wait_until
 
 from flask_stopwire.providers import http as http_module
 from flask_stopwire.providers import make_provider
@@ -365,21 +365,14 @@ def test_a_token_goes_before_the_new_work_of_the_same_loop_turn(
     events = streaming(make(provider), provider)
     order: list[str] = []
     reader = gevent.spawn(lambda: order.append(next_event(events).data))
-    new_a, new_b = socket.socketpair()
-    new_work = gevent.get_hub().loop.io(new_a.fileno(), 1)  # gevent's default priority
-    try:
+    with ready_socket(order, "new work") as watch_new_work:  # gevent's default priority
         gevent.sleep(0.05)  # the reader sleeps on the provider's socket
         provider.send(chunk("two"))
-        new_b.send(b"x")
         provider.wait_sent(2)  # both sockets readable at the loop's next poll
-        new_work.start(lambda: (new_work.stop(), order.append("new work")))
+        watch_new_work()
         reader.get(timeout=2)
         wait_until(lambda: len(order) == 2, timeout=1)
-        assert order == ["two", "new work"]
-    finally:
-        new_work.close()
-        new_a.close()
-        new_b.close()
+    assert order == ["two", "new work"]
 
 
 def test_a_stop_steps_aside_once_the_provider_has_its_fin(

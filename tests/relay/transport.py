@@ -7,6 +7,7 @@ the provider silent or hold back the response headers, cut the stream or fail a 
 sees when the relay shut the socket down and when it closed the body.
 """
 
+import contextlib
 import json
 import socket
 import time
@@ -54,6 +55,25 @@ def wait_until(condition: Callable[[], object], timeout: float = 2.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s: {condition}")
         gevent.sleep(0.001)
+
+
+@contextlib.contextmanager
+def ready_socket(order: list[str], label: str, priority: int = 0) -> Iterator[Callable[[], None]]:
+    """A socket with a byte waiting, watched at libev `priority` once the function this
+    yields is called; when the loop serves it, `label` goes into `order` (once)."""
+    ours, theirs = socket.socketpair()
+    watcher = gevent.get_hub().loop.io(ours.fileno(), 1, priority=priority)  # 1: readable
+    theirs.send(b"x")
+
+    def start() -> None:
+        watcher.start(lambda: (watcher.stop(), order.append(label)))
+
+    try:
+        yield start
+    finally:
+        watcher.close()
+        ours.close()
+        theirs.close()
 
 
 def loopback_pair() -> tuple[socket.socket, socket.socket]:
