@@ -63,6 +63,15 @@ class Process:
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
+    def serving_on(self, port: int, timeout: float = 20.0) -> str:
+        """Its URL once it accepts on `port`; stopped, and the error raised, if it never does."""
+        try:
+            wait_for_port(port, self.process, timeout)
+        except RuntimeError:
+            self.close()
+            raise
+        return f"http://127.0.0.1:{port}"
+
 
 class Demo(Process):
     """The demo provider; its records are the provider's own account of each stream."""
@@ -99,12 +108,7 @@ class Gunicorn(Process):
         under: list[str] | None = None,
     ):
         super().__init__(name, ["-m", "gunicorn", *args], env, under=under, scratch=scratch)
-        self.url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_port(port, self.process, 120.0 if under else 20.0)
-        except RuntimeError:
-            self.close()
-            raise
+        self.url = self.serving_on(port, 120.0 if under else 20.0)
 
 
 NGINX_CONF = """\
@@ -149,12 +153,7 @@ class Nginx(Process):
         # paths of its own), and its errors in our log.
         args = ["-g", "daemon off;", "-c", str(conf), "-p", f"{scratch}/", "-e", "stderr"]
         super().__init__("nginx", args, program=binary, scratch=scratch)
-        self.url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_port(port, self.process)
-        except RuntimeError:
-            self.close()
-            raise
+        self.url = self.serving_on(port)
 
 
 def stopwire(

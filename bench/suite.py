@@ -202,12 +202,12 @@ def run(config: Config) -> dict:
         ]
         nginx = stop_latency.nginx_relay(relay_in_c)
         stop_latency.warm_up(nginx, demo)
-        metered = ((systems[0], targets[2].pid), (systems[1], targets[1].pid))
+        workers = [targets[2].pid, targets[1].pid, None, None]  # no proxy and nginx: none
         paced = [
             stops.mass_abort(
                 system, demo, config.paced_abort_streams, pid, False, stops.PACED_ABORT
             )
-            for system, pid in (*metered, (systems[2], None), (nginx, None))
+            for system, pid in zip([*systems, nginx], workers, strict=True)
         ]
     finally:
         for process in reversed(started):
