@@ -157,9 +157,14 @@ class Nginx(Process):
 
 
 def stopwire(
-    provider_url: str, workers: int = 1, under: list[str] | None = None, **settings: str
+    provider_url: str,
+    workers: int = 1,
+    under: list[str] | None = None,
+    config: str = "gunicorn.conf.py",
+    **settings: str,
 ) -> Gunicorn:
-    """Stopwire as it ships: `gunicorn -c gunicorn.conf.py`, one worker unless told.
+    """Stopwire as it ships: `gunicorn -c gunicorn.conf.py`, one worker unless told
+    (`config`: a file that wraps it, as bench/timeline_gunicorn.py does).
 
     Its conversations go to a fresh database of our own, not the instance folder's.
     `settings` are more STOPWIRE_* variables, e.g. WORKER_CONNECTIONS="2000"; `under` a
@@ -180,7 +185,7 @@ def stopwire(
     }
     # One log per worker count: the suite runs a one-worker and a two-worker Stopwire.
     name = "stopwire" if workers == 1 else f"stopwire-{workers}w"
-    return Gunicorn(name, ["-c", "gunicorn.conf.py"], env, port, scratch, under)
+    return Gunicorn(name, ["-c", config], env, port, scratch, under)
 
 
 def baseline(

@@ -290,3 +290,37 @@ def test_a_stream_left_open_is_a_result_of_a_mass_abort_and_an_error_elsewhere()
         wait_ended(demo, {"a", "b"}, 0.01, 0.001)  # type: ignore[arg-type]
     with pytest.raises(TimeoutError, match="1 of 3 streams had no record"):
         wait_ended(demo, {"a", "b", "c"}, 0.01, 0.001, True)  # type: ignore[arg-type]
+
+
+def test_the_timeline_shows_when_the_worker_sent_each_fin_of_a_mass_abort() -> None:
+    done = run_bench("bench.timeline", "--rounds", "1", "--streams", "20")
+    row = re.search(r"^\| 1 \| (.+) \|$", done.stdout, re.MULTILINE)
+    assert row is not None, done.stdout
+    latency, after, _, fins, served, between, last_close, held = row.group(1).split(" | ")
+    p50, p99 = map(float, latency.split(" / "))
+    assert 0 < p50 <= p99 < 5_000 and int(after) >= 0, row.group(0)
+    first_fin, last_fin = map(float, fins.split(" / "))
+    assert 0 <= first_fin <= last_fin < float(last_close), row.group(0)
+    count, batches = served.split(" in ")
+    # Every client's departure was served, and each sent its provider our FIN.
+    assert int(count) == 20 == sum(map(int, batches.split(" + "))), row.group(0)
+    assert between == "-" or float(between) > 0, row.group(0)
+    assert held == "nothing" or re.fullmatch(r"((gc\d|stall) [-+][\d.]+\.\.[-+][\d.]+(, )?)+", held)
+
+
+def test_the_timeline_counts_the_time_between_fins_within_a_batch_only() -> None:
+    from bench.timeline import Mark, held, worker_side
+
+    marks = [
+        Mark("served", 1.0, 1.1, 2),
+        Mark("fin", 1.00, 1.001, 1),
+        Mark("fin", 1.01, 1.011, 1),
+        Mark("served", 2.0, 2.1, 1),  # a second batch, a second apart: no gap counted
+        Mark("fin", 2.05, 2.051, 1),
+    ]
+    side = worker_side(marks, first=0.5)
+    assert side["fins"] == 3 and side["batches"] == [2, 1]
+    assert side["between fins"] == pytest.approx(10_000)  # µs, within the first batch
+    assert side["first fin"] == pytest.approx(500) and side["last fin"] == pytest.approx(1550)
+    stall, collection = Mark("stall", 0.499, 0.5095, 0), Mark("gc", 0.501, 0.502, 2)
+    assert held([collection, stall], first=0.5) == "stall -1.0..+9.5, gc2 +1.0..+2.0"
