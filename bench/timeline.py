@@ -12,7 +12,8 @@ every client closes, FIN, in one loop), on a Stopwire worker that records its lo
   departures, and the median time between two FINs of one batch (the serial work a
   departure costs the loop);
 - what held the loop from 20 ms before the first close to the provider's last close: its
-  stalls (a 1 ms timer run more than 3 ms late) and the garbage collector's passes.
+  stalls (a 1 ms timer run more than 3 ms late), each with the share of it the worker was
+  on the CPU (the rest it waited for a core), and the garbage collector's passes.
 
 It measures one worker on this machine, the demo provider and this client sharing its
 cores: a probe to explain one run's tail, not a benchmark of its own.
@@ -143,13 +144,19 @@ def table(rows: list[dict]) -> str:
 
 
 def held(marks: list[Mark], first: float) -> str:
-    """Stalls and collections, in order: `stall +1.0..+9.8`, `gc2 +3.1..+6.5`."""
+    """Stalls (with the share the worker was on the CPU) and collections, in order:
+    `stall +1.0..+9.8 (80% on CPU)`, `gc2 +3.1..+6.5`."""
     words = [
-        f"{'gc' + str(m.number) if m.kind == 'gc' else 'stall'} "
-        f"{(m.began - first) * 1000:+.1f}..{(m.ended - first) * 1000:+.1f}"
+        f"gc{m.number} {_span(m, first)}"
+        if m.kind == "gc"
+        else f"stall {_span(m, first)} ({m.number}% on CPU)"
         for m in sorted(marks, key=lambda m: m.began)
     ]
     return ", ".join(words) or "nothing"
+
+
+def _span(mark: Mark, first: float) -> str:
+    return f"{(mark.began - first) * 1000:+.1f}..{(mark.ended - first) * 1000:+.1f}"
 
 
 def _ms(value: float | None, digits: int = 1) -> str:

@@ -4,8 +4,9 @@ Records, on the monotonic clock every process of the host shares:
 - `served`: a batch of departures served (`Departures._serve`), and how many;
 - `fin`: our FIN to one provider (`Generation._hang_up`);
 - `gc`: a garbage collection pass, and its generation;
-- `stall`: the loop came back to a 1 ms timer more than `STALL_S` late (busy, or off the
-  CPU), from when it was due to when it ran.
+- `stall`: the loop came back to a 1 ms timer more than `STALL_S` late, from when it was
+  due to when it ran, and the share of that time the worker was on the CPU (its own work)
+  rather than waiting for a core (the machine's other processes).
 
 Each record is a line `kind start end number`, appended to `$BENCH_TIMELINE` four times a
 second by the loop itself (a write of a few hundred bytes). Wrapping private methods is
@@ -34,7 +35,7 @@ def start() -> None:
     gc.callbacks.append(_collection)
     loop = get_hub().loop
     tick = loop.timer(_TICK_S, _TICK_S)
-    tick.start(_ticked, tick, [time.monotonic()])
+    tick.start(_ticked, [time.monotonic(), time.thread_time()])
     flush = loop.timer(_FLUSH_S, _FLUSH_S)
     flush.start(_flush)
 
@@ -62,12 +63,13 @@ def _collection(phase: str, info: dict) -> None:
         _records.append(("gc", _began[0], time.monotonic(), info["generation"]))
 
 
-def _ticked(tick, last: list[float]) -> None:
-    now = time.monotonic()
+def _ticked(last: list[float]) -> None:
+    now, cpu = time.monotonic(), time.thread_time()
     due = last[0] + _TICK_S
     if now - due > STALL_S:
-        _records.append(("stall", due, now, 0))
-    last[0] = now
+        on_cpu = min(100, round(100 * (cpu - last[1]) / (now - last[0])))
+        _records.append(("stall", due, now, on_cpu))
+    last[:] = now, cpu
 
 
 def _flush() -> None:

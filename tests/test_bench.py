@@ -305,7 +305,9 @@ def test_the_timeline_shows_when_the_worker_sent_each_fin_of_a_mass_abort() -> N
     # Every client's departure was served, and each sent its provider our FIN.
     assert int(count) == 20 == sum(map(int, batches.split(" + "))), row.group(0)
     assert between == "-" or float(between) > 0, row.group(0)
-    assert held == "nothing" or re.fullmatch(r"((gc\d|stall) [-+][\d.]+\.\.[-+][\d.]+(, )?)+", held)
+    span = r"[-+][\d.]+\.\.[-+][\d.]+"
+    what = rf"(gc\d {span}|stall {span} \(\d+% on CPU\))"
+    assert held == "nothing" or re.fullmatch(rf"{what}(, {what})*", held), row.group(0)
 
 
 def test_the_timeline_counts_the_time_between_fins_within_a_batch_only() -> None:
@@ -322,5 +324,5 @@ def test_the_timeline_counts_the_time_between_fins_within_a_batch_only() -> None
     assert side["fins"] == 3 and side["batches"] == [2, 1]
     assert side["between fins"] == pytest.approx(10_000)  # µs, within the first batch
     assert side["first fin"] == pytest.approx(500) and side["last fin"] == pytest.approx(1550)
-    stall, collection = Mark("stall", 0.499, 0.5095, 0), Mark("gc", 0.501, 0.502, 2)
-    assert held([collection, stall], first=0.5) == "stall -1.0..+9.5, gc2 +1.0..+2.0"
+    stall, collection = Mark("stall", 0.499, 0.5095, 40), Mark("gc", 0.501, 0.502, 2)
+    assert held([collection, stall], first=0.5) == "stall -1.0..+9.5 (40% on CPU), gc2 +1.0..+2.0"
