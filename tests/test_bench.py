@@ -300,8 +300,8 @@ def test_the_timeline_shows_when_the_worker_sent_each_fin_of_a_mass_abort() -> N
     latency, _, _, fins, served, between, _, held, stolen = row.group(1).split(" | ")
     p50, p99 = map(float, latency.split(" / "))
     assert 0 < p50 <= p99 < 5_000, row.group(0)
-    first_fin, last_fin = map(float, fins.split(" / "))
-    assert first_fin <= last_fin, row.group(0)
+    _, last_fin = map(float, fins.split(" / "))
+    assert last_fin < 1_000, row.group(0)  # ms after the first close: the clocks agree
     # Every client's departure was served, and each sent its provider our FIN, once.
     sent, batches = re.fullmatch(r"(\d+) FINs; 20 in ([\d +]+)", served).groups()  # type: ignore[union-attr]
     assert int(sent) == 20 == sum(map(int, batches.split(" + "))), row.group(0)
@@ -309,7 +309,7 @@ def test_the_timeline_shows_when_the_worker_sent_each_fin_of_a_mass_abort() -> N
     span = r"[-+][\d.]+\.\.[-+][\d.]+"
     what = rf"(gc\d {span}|stall {span} \(\d+% on a core, \d+% queued\))"
     assert held == "nothing" or re.fullmatch(rf"{what}(, {what})*", held), row.group(0)
-    assert int(stolen) >= 0, row.group(0)
+    assert re.fullmatch(r"\d+", stolen), row.group(0)  # ms the hypervisor took
 
 
 def test_the_timeline_counts_the_time_between_fins_within_a_batch_only() -> None:
