@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import servers, stop_latency, stops
-from bench.stop_latency import Row, System
+from bench.stop_latency import Row, System, ms
 from bench.suite import raise_fd_limit
 
 BEFORE_S = 0.02  # what held the loop this long before the first close counts too
@@ -109,21 +109,19 @@ def run(rounds: int, streams: int) -> list[Round]:
     with tempfile.TemporaryDirectory(prefix="stopwire-timeline-") as scratch:
         timeline = Timeline(Path(scratch) / "timeline")
         demo = servers.Demo()
+        worker = None
         try:
-            # Only the worker reads it; it inherits our environment as the demo did.
-            os.environ["BENCH_TIMELINE"] = str(timeline.path)
-            worker = servers.stopwire(demo.url, config="bench/timeline_gunicorn.py")
-        except BaseException:
-            demo.close()
-            raise
-        finally:
-            os.environ.pop("BENCH_TIMELINE", None)
-        try:
+            os.environ["BENCH_TIMELINE"] = str(timeline.path)  # for the worker, which inherits it
+            try:
+                worker = servers.stopwire(demo.url, config="bench/timeline_gunicorn.py")
+            finally:
+                os.environ.pop("BENCH_TIMELINE", None)
             system = System("Stopwire", worker.url, "/api/chat", stop_latency.stopwire_token)
             stop_latency.warm_up(system, demo)
             return [one_round(system, demo, streams, timeline) for _ in range(rounds)]
         finally:
-            worker.close()
+            if worker is not None:
+                worker.close()
             demo.close()
 
 
@@ -192,18 +190,14 @@ def table(rounds: list[Round]) -> str:
     for number, one in enumerate(rounds, start=1):
         stats = one.stats
         lines.append(
-            f"| {number} | {_ms(stats['p50_ms'], 2)} / {_ms(stats['p99_ms'], 2)} "
+            f"| {number} | {ms(stats['p50_ms'])} / {ms(stats['p99_ms'])} "
             f"| {stats['tokens_after_total']} | {one.clients_closed:.1f} "
-            f"| {_ms(one.first_fin)} / {_ms(one.last_fin)} "
+            f"| {ms(one.first_fin)} / {ms(one.last_fin)} "
             f"| {one.fins} FINs; {sum(one.batches)} in {' + '.join(map(str, one.batches)) or '-'} "
-            f"| {_ms(one.between_fins_us)} | {one.provider_last_close:.1f} | {one.held} "
+            f"| {ms(one.between_fins_us)} | {ms(one.provider_last_close)} | {one.held} "
             f"| {one.stolen_ms:.0f} |"
         )
     return "\n".join(lines)
-
-
-def _ms(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":
